@@ -1,0 +1,3 @@
+from vin.cli import main
+
+raise SystemExit(main())
