@@ -1,0 +1,112 @@
+"""The chunk DiT: a video diffusion transformer that denoises one chunk of F frames at a time.
+
+Positions are chunk-local (open question 3): every chunk sees frames 0..F-1, the length the DiT
+was trained on, however long the video. The token sequence of one chunk is
+
+    [caption tokens (L_text) ; global tokens (N_global, optional) ; video patch tokens (N_x)]
+
+with full self-attention over it (the paper's eps([X_t^i, Z_t], t), MM-DiT-like joint attention).
+Only the video tokens are decoded. The chunk tokens see the global tokens through a per-block,
+per-head gate w >= 0 that starts at 0: the global keys get the attention logit bias log(w), so at
+initialisation (w = 0) the model is exactly the plain chunk DiT, and the gradient with respect to w
+is finite there (d softmax / dw at w = 0 is exp(s_z) / sum_x exp(s_x)).
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from vin.config import ModelConfig
+from vin.models.layers import AdaLNBlock, Attention, FinalLayer, TimestepEmbedder, sincos_3d
+from vin.models.text import TextEmbedding, key_padding_bias
+
+_GATE_EPS = 1e-12  # log(0 + eps) = -27.6: the keys carry weight 1e-12, i.e. none in float32
+
+
+class ChunkDiT(nn.Module):
+    def __init__(self, cfg: ModelConfig, global_width: int | None = None):
+        super().__init__()
+        d = cfg.dit
+        self.cfg = cfg
+        self.patch = (d.patch_t, d.patch_s, d.patch_s)
+        patch_dim = cfg.channels * d.patch_t * d.patch_s**2
+        self.x_embed = nn.Linear(patch_dim, d.width)
+        self.t_embed = TimestepEmbedder(d.width)
+        self.text_proj = nn.Linear(cfg.text.width, d.width)
+        self.pool_proj = nn.Linear(cfg.text.width, d.width)
+        self.blocks = nn.ModuleList(AdaLNBlock(d.width, d.heads, d.mlp_ratio, d.qk_norm) for _ in range(d.depth))
+        self.final = FinalLayer(d.width, patch_dim)
+        self.inject = cfg.vin.inject if global_width else None
+        if global_width:
+            self.global_proj = nn.Linear(global_width, d.width)
+            if self.inject == "concat":
+                self.gates = nn.Parameter(torch.zeros(d.depth, d.heads))
+            else:
+                self.cross = nn.ModuleList(_GatedCrossAttention(d.width, d.heads) for _ in range(d.depth))
+
+    def forward(self, x: Tensor, t: Tensor, text: TextEmbedding, global_tokens: Tensor | None = None,
+                t_pos: Tensor | None = None) -> Tensor:
+        """Velocity of each chunk.
+
+        x: (B, C, F, H, W) noisy chunks; t: (B,) in [0, 1]; text: per-chunk caption embedding (B, ...);
+        global_tokens: (B, N_global, D_vin) or None (the plain chunk DiT);
+        t_pos: (F / patch_t,) positions of the latent frames, default 0, 1, 2, ... (chunk-local).
+        Returns (B, C, F, H, W).
+        """
+        pt, ps, _ = self.patch
+        B, C, F, H, W = x.shape
+        if C != self.cfg.channels or F % pt or H % ps or W % ps:
+            raise ValueError(f"chunk of shape {tuple(x.shape)} does not fit channels={self.cfg.channels}, patch=({pt}, {ps}, {ps})")
+        f, h, w = F // pt, H // ps, W // ps
+        if t_pos is None:
+            t_pos = torch.arange(f, device=x.device, dtype=torch.float32)
+        tokens = self.x_embed(rearrange(x, "b c (f pf) (h ph) (w pw) -> b (f h w) (c pf ph pw)", pf=pt, ph=ps, pw=ps))
+        tokens = tokens + sincos_3d(t_pos, h, w, tokens.shape[-1]).to(tokens.dtype)
+        c = self.t_embed(t) + self.pool_proj(text.pooled)
+
+        use_global = global_tokens is not None and self.inject is not None
+        parts = [self.text_proj(text.tokens)]
+        n_global = 0
+        if use_global and self.inject == "concat":
+            parts.append(self.global_proj(global_tokens))
+            n_global = global_tokens.shape[1]
+        parts.append(tokens)
+        seq = torch.cat(parts, dim=1)
+        text_len = text.tokens.shape[1]
+        base_bias = torch.cat([key_padding_bias(text.mask),
+                               torch.zeros(B, 1, 1, seq.shape[1] - text_len, device=x.device)], dim=-1)
+        z = self.global_proj(global_tokens) if use_global and self.inject == "cross" else None
+
+        for i, block in enumerate(self.blocks):
+            bias = base_bias
+            if n_global:
+                bias = base_bias + self._gate_bias(i, text_len, n_global, seq.shape[1])
+            seq = block(seq, c, bias)
+            if z is not None:
+                seq = seq + self.cross[i](seq, z)
+        out = self.final(seq[:, -tokens.shape[1]:], c)
+        return rearrange(out, "b (f h w) (c pf ph pw) -> b c (f pf) (h ph) (w pw)", f=f, h=h, w=w, pf=pt, ph=ps, pw=ps)
+
+    def _gate_bias(self, block: int, start: int, n: int, length: int) -> Tensor:
+        """(1, heads, 1, length): log(w) on the global-token keys of `block`, 0 elsewhere."""
+        g = self.gates[block]
+        w = g + (g.clamp(min=0) - g).detach()  # w >= 0; straight-through so a negative g can recover
+        col = torch.zeros(length, device=g.device)
+        col[start:start + n] = 1.0
+        return (torch.log(w + _GATE_EPS)[:, None] * col)[None, :, None, :]
+
+
+class _GatedCrossAttention(nn.Module):
+    """inject="cross": tokens attend to the global tokens; zero-initialised output (exact no-op at init)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        nn.init.zeros_(self.attn.proj.weight)
+        nn.init.zeros_(self.attn.proj.bias)
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        return self.attn(self.norm(x), context=z)
