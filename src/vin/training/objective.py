@@ -1,0 +1,52 @@
+"""The training objective of the paper: one timestep for the whole video, the interface reads the
+whole noisy video, every chunk is denoised in parallel given the global tokens, and the per-chunk
+flow-matching losses are combined (the paper sums over chunks; we average, which is the same up to
+a constant per length and gives every chunk the same weight across mixed lengths)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from vin.config import TrainConfig
+from vin.diffusion.flow import interpolate, sample_timesteps, velocity_target
+from vin.models.vin import VINModel
+from vin.sampling.chunking import chunk_layout, split_chunks
+
+
+def context_weights(num_chunks: int, chunk_frames: int, context: int, weight: float) -> Tensor:
+    """(n, F) loss weights: 1, except `weight` on the first `context` frames of chunks 1..n-1,
+    the frames they share with (and take as context from) the previous chunk."""
+    w = torch.ones(num_chunks, chunk_frames)
+    w[1:, :context] = weight
+    return w
+
+
+def training_loss(model: VINModel, video: Tensor, captions: list[str], cfg: TrainConfig,
+                  generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+    """video: (B, C, N, H, W) clean, N = n * (F - K) + K for F = model.cfg.chunk_frames, K = cfg.context_frames.
+
+    Returns the scalar loss and a few statistics. Randomness (caption dropout, t, noise) comes from
+    `generator` only, so a step is reproducible from its seed.
+    """
+    B, _, N = video.shape[:3]
+    F, K = model.cfg.chunk_frames, cfg.context_frames
+    layout = chunk_layout(N, F, K)
+    if any(e - s != F for s, e in layout) or (N - K) % (F - K):
+        raise ValueError(f"training video of {N} frames is not n*(F-K)+K for F={F}, K={K}")
+    drop = torch.rand(B, generator=generator) < cfg.caption_dropout
+    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+    t = sample_timesteps(B, cfg.timesteps, generator, cfg.logit_mean, cfg.logit_std).to(video.device)
+    noise = torch.randn(video.shape, generator=generator).to(video.device)
+    x_t = interpolate(video, noise, t)
+    target = split_chunks(velocity_target(video, noise), layout)
+
+    text = model.encode_text(captions)
+    z = model.read(x_t, t, text)
+    pred = model.denoise_chunks(split_chunks(x_t, layout), t, text, z)
+
+    w = context_weights(len(layout), F, K, cfg.context_loss_weight).to(video.device)
+    err = ((pred.float() - target.float()) ** 2).mean(dim=(2, 4, 5))  # (B, n, F)
+    per_chunk = (err * w).sum(-1) / w.sum(-1)  # (B, n)
+    loss = per_chunk.mean()
+    return loss, {"loss": loss.item(), "t_mean": t.mean().item(), "chunks": float(len(layout))}
