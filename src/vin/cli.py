@@ -1,0 +1,113 @@
+"""Command line: thin wrappers that parse arguments into typed configs and call library functions.
+
+Bad input ends with one line `vin: error: ...` on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vin.config import SampleConfig, load_config
+
+EPILOG_TRAIN = """Any config field can be overridden as --section.key=value, e.g.
+  vin train --config configs/vin-s.yaml --train.steps=2000 --model.vin.enabled=false --out runs/ablation"""
+
+
+def _train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from vin.training.trainer import describe, train
+
+    cfg = load_config(args.config, overrides, preset=args.preset)
+    out = Path(args.out or f"runs/{cfg.name}")
+    print(describe(cfg), file=sys.stderr)
+    stats = train(cfg, out, resume=args.resume, device=args.device, progress=not args.quiet)
+    print(f"trained to step {stats.get('step', cfg.train.steps)} in {out} (loss {stats.get('loss', float('nan')):.4f})")
+    return 0
+
+
+def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ValueError(f"unknown arguments: {' '.join(overrides)}")
+    from vin.generate import DEFAULT_PROMPT, generate
+
+    sample = SampleConfig(frames=args.frames, chunk_frames=args.chunk_frames, overlap=args.overlap,
+                          steps=args.steps, solver=args.solver, shift=args.shift, cfg=args.cfg,
+                          cfg_global=args.cfg_global, fusion=args.fusion, fusion_span=args.fusion_span,
+                          seed=args.seed)
+    prompts = args.prompt or [DEFAULT_PROMPT]
+    written = generate(prompts, sample, args.out, checkpoint=args.checkpoint, device=args.device,
+                       use_global=not args.no_global, strip=not args.no_strip, scale=args.scale,
+                       progress=not args.quiet)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _export(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ValueError(f"unknown arguments: {' '.join(overrides)}")
+    from vin.checkpoint import export_weights
+
+    print(export_weights(args.checkpoint, args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vin", description="Long video generation with Video Interface Networks.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a VIN + chunk DiT on synthetic long videos",
+                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, help="YAML config (see configs/)")
+    p.add_argument("--preset", help="named size when no --config names one (VIN-XS/4, VIN-S/4, VIN-B/4)")
+    p.add_argument("--out", help="run directory (default runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    d = SampleConfig()
+    p = sub.add_parser("generate", help="generate a long video with VIN-parallel sampling")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint (default: the one shipped with vin)")
+    p.add_argument("--prompt", action="append", help="caption; repeat for several videos")
+    p.add_argument("--frames", type=int, default=d.frames, help=f"video length in frames (default {d.frames})")
+    p.add_argument("--chunk-frames", type=int, default=0, help="chunk window (default: the model's)")
+    p.add_argument("--overlap", type=int, default=d.overlap, help=f"frames shared by neighbouring chunks (default {d.overlap})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"solver steps (default {d.steps})")
+    p.add_argument("--solver", choices=("euler", "heun"), default=d.solver)
+    p.add_argument("--shift", type=float, default=d.shift, help="timestep shift (>1: more steps at high noise)")
+    p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--cfg-global", choices=("recompute", "shared"), default=d.cfg_global,
+                   help="unconditional pass: read global tokens again with the empty caption, or reuse")
+    p.add_argument("--fusion", choices=("early", "mid", "late", "always", "none"), default=d.fusion,
+                   help="when overlapping predictions are cross-faded")
+    p.add_argument("--fusion-span", type=float, default=d.fusion_span, help="fraction of the trajectory with fusion")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-global", action="store_true", help="ablation: run the DiT without global tokens")
+    p.add_argument("--out", type=Path, default=Path("outputs/video.mp4"), help="output .mp4 or .gif")
+    p.add_argument("--scale", type=int, default=8, help="integer upscaling of the written video")
+    p.add_argument("--no-strip", action="store_true", help="do not write the PNG frame strip")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("export", help="strip a training checkpoint to its EMA weights + config")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        return args.func(args, rest)
+    except KeyboardInterrupt:
+        print("vin: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FloatingPointError, OSError) as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"vin: error: {message}", file=sys.stderr)
+        return 2
