@@ -25,6 +25,18 @@ from vin.models.text import TextEmbedding, key_padding_bias
 _GATE_EPS = 1e-12  # log(0 + eps) = -27.6: the keys carry weight 1e-12, i.e. none in float32
 
 
+def patchify(x: Tensor, patch: tuple[int, int, int]) -> Tensor:
+    """(B, C, F, H, W) -> (B, f*h*w, C*pt*ps*ps) tokens, frame-major, for patch (pt, ps, ps)."""
+    pt, ph, pw = patch
+    return rearrange(x, "b c (f pf) (h ph) (w pw) -> b (f h w) (c pf ph pw)", pf=pt, ph=ph, pw=pw)
+
+
+def unpatchify(tokens: Tensor, patch: tuple[int, int, int], grid: tuple[int, int, int]) -> Tensor:
+    """Inverse of `patchify`: (B, f*h*w, C*pt*ps*ps) and grid (f, h, w) -> (B, C, F, H, W)."""
+    (pt, ph, pw), (f, h, w) = patch, grid
+    return rearrange(tokens, "b (f h w) (c pf ph pw) -> b c (f pf) (h ph) (w pw)", f=f, h=h, w=w, pf=pt, ph=ph, pw=pw)
+
+
 class ChunkDiT(nn.Module):
     def __init__(self, cfg: ModelConfig, global_width: int | None = None):
         super().__init__()
@@ -62,7 +74,7 @@ class ChunkDiT(nn.Module):
         f, h, w = F // pt, H // ps, W // ps
         if t_pos is None:
             t_pos = torch.arange(f, device=x.device, dtype=torch.float32)
-        tokens = self.x_embed(rearrange(x, "b c (f pf) (h ph) (w pw) -> b (f h w) (c pf ph pw)", pf=pt, ph=ps, pw=ps))
+        tokens = self.x_embed(patchify(x, self.patch))
         tokens = tokens + sincos_3d(t_pos, h, w, tokens.shape[-1]).to(tokens.dtype)
         c = self.t_embed(t) + self.pool_proj(text.pooled)
 
@@ -87,7 +99,7 @@ class ChunkDiT(nn.Module):
             if z is not None:
                 seq = seq + self.cross[i](seq, z)
         out = self.final(seq[:, -tokens.shape[1]:], c)
-        return rearrange(out, "b (f h w) (c pf ph pw) -> b c (f pf) (h ph) (w pw)", f=f, h=h, w=w, pf=pt, ph=ps, pw=ps)
+        return unpatchify(out, self.patch, (f, h, w))
 
     def _gate_bias(self, block: int, start: int, n: int, length: int) -> Tensor:
         """(1, heads, 1, length): log(w) on the global-token keys of `block`, 0 elsewhere."""
