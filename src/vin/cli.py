@@ -53,6 +53,15 @@ def _export(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ValueError(f"unknown arguments: {' '.join(overrides)}")
+    from vin.training.logplot import plot_losses
+
+    print(plot_losses(args.runs, args.out, labels=args.label, window=args.smooth))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vin", description="Long video generation with Video Interface Networks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -96,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("plot", help="plot the loss curves of training runs into one PNG")
+    p.add_argument("runs", type=Path, nargs="+", help="run directories (holding log.jsonl)")
+    p.add_argument("--out", type=Path, required=True, help="output .png")
+    p.add_argument("--label", action="append", help="legend label per run (repeat, in order)")
+    p.add_argument("--smooth", type=int, default=8, help="moving-average window in log records")
+    p.set_defaults(func=_plot)
     return parser
 
 
