@@ -15,11 +15,29 @@ EPILOG_TRAIN = """Any config field can be overridden as --section.key=value, e.g
   vin train --config configs/vin-s.yaml --train.steps=2000 --model.vin.enabled=false --out runs/ablation"""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `vin: error: ...` line like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"vin: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _check_device(name: str) -> None:
+    import torch
+
+    try:
+        torch.empty(0, device=name)
+    except (RuntimeError, AssertionError) as e:  # unknown device string; torch built without CUDA; no such GPU
+        raise ValueError(f"--device {name!r} is not usable here ({str(e).strip().splitlines()[0]})") from None
+
+
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from vin.training.trainer import describe, train
+    from vin.training.trainer import check_run_dir, describe, train
 
     cfg = load_config(args.config, overrides, preset=args.preset)
     out = Path(args.out or f"runs/{cfg.name}")
+    _check_device(args.device)
+    check_run_dir(cfg, out, args.resume)  # before anything is printed: bad input ends in one line
     print(describe(cfg), file=sys.stderr)
     stats = train(cfg, out, resume=args.resume, device=args.device, progress=not args.quiet)
     print(f"trained to step {stats.get('step', cfg.train.steps)} in {out} (loss {stats.get('loss', float('nan')):.4f})")
@@ -36,6 +54,7 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
                           cfg_global=args.cfg_global, fusion=args.fusion, fusion_span=args.fusion_span,
                           seed=args.seed)
     prompts = args.prompt or [DEFAULT_PROMPT]
+    _check_device(args.device)
     written = generate(prompts, sample, args.out, checkpoint=args.checkpoint, device=args.device,
                        use_global=not args.no_global, strip=not args.no_strip, scale=args.scale,
                        progress=not args.quiet)
@@ -63,7 +82,7 @@ def _plot(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vin", description="Long video generation with Video Interface Networks.")
+    parser = _Parser(prog="vin", description="Long video generation with Video Interface Networks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a VIN + chunk DiT on synthetic long videos",

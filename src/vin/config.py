@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -147,6 +148,7 @@ class TrainConfig:
         _check(self.timesteps in ("logit_normal", "uniform"), f"train.timesteps must be logit_normal or uniform, got {self.timesteps!r}")
         _check(len(self.chunks) > 0 and min(self.chunks) >= 1, f"train.chunks must be positive counts, got {self.chunks}")
         _check(self.batch_size >= 1 and self.steps >= 0, "train.batch_size must be >= 1 and train.steps >= 0")
+        _check(self.threads >= 0, f"train.threads must be >= 0 (0: torch's default), got {self.threads}")
 
 
 FUSION_MODES = ("early", "mid", "late", "always", "none")
@@ -241,6 +243,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     if is_dataclass(tp):
         return from_dict(tp, value, where)
@@ -251,6 +256,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return tuple(_coerce(elem, v, where) for v in items)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
             raise ConfigError(f"{where} must be {tp.__name__}, got {value!r}")

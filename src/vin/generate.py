@@ -46,6 +46,8 @@ def generate(prompts: list[str], sample: SampleConfig, out: str | Path, checkpoi
     out = Path(out)
     if out.suffix not in VIDEO_SUFFIXES:
         raise ValueError(f"output {out} must end in one of {', '.join(VIDEO_SUFFIXES)}")
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
     if checkpoint is None:
         checkpoint = DEFAULT_CHECKPOINT
         if not checkpoint.is_file():

@@ -49,7 +49,7 @@ class VideoInterface(nn.Module):
         end = num_frames if end is None else end
         s = self.cfg.keyframe_stride
         first = -(-start // s) * s
-        return torch.arange(first, end, s)
+        return torch.arange(first, max(first, end), s)  # empty (not an error) when [start, end) holds no keyframe
 
     def keyframe_tokens(self, frames: Tensor, indices: Tensor, num_frames: int) -> Tensor:
         """frames (B, C, K, H, W) = the keyframes at global `indices` (K,) -> tokens (B, K*h*w, D)."""

@@ -58,7 +58,8 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(sincos_1d(t * 1000.0, self.freq_dim))
+        # features in float32 (t * 1000 needs the precision), then the weights' dtype (model.half())
+        return self.mlp(sincos_1d(t * 1000.0, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 
 class Mlp(nn.Module):

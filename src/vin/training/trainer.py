@@ -56,11 +56,12 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(p.detach(), 1.0 - decay)
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = "cpu",
-          progress: bool = True) -> dict[str, float]:
-    """Train until `cfg.train.steps`; returns the last logged statistics."""
+def check_run_dir(cfg: Config, run_dir: str | Path, resume: bool) -> list[Path]:
+    """The run directory's checkpoints, after checking that `train` may start there: no
+    checkpoints unless resuming, and when resuming, ones of the same model config."""
     run_dir = Path(run_dir)
-    tc = cfg.train
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"{run_dir} is a file, not a run directory")
     existing = checkpoints(run_dir)
     if resume and not existing:
         raise CheckpointError(f"nothing to resume: no checkpoints in {run_dir / 'checkpoints'}")
@@ -70,6 +71,15 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
         old = checkpoint_config(existing[-1])
         if old.model != cfg.model:
             raise CheckpointError(f"{existing[-1]} was trained with a different model config: {_first_diff(old.model, cfg.model)}")
+    return existing
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = "cpu",
+          progress: bool = True) -> dict[str, float]:
+    """Train until `cfg.train.steps`; returns the last logged statistics."""
+    run_dir = Path(run_dir)
+    tc = cfg.train
+    existing = check_run_dir(cfg, run_dir, resume)
     if tc.threads:
         torch.set_num_threads(tc.threads)
 
@@ -144,4 +154,4 @@ def describe(cfg: Config) -> str:
             f"{0 if m.interface is None else parameter_count(m.interface) / 1e6:.2f}M)")
 
 
-__all__ = ["train", "build_model", "training_lengths", "checkpoints", "describe", "replace"]
+__all__ = ["train", "check_run_dir", "build_model", "training_lengths", "checkpoints", "describe", "replace"]

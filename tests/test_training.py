@@ -1,0 +1,373 @@
+"""Tests for the training objective and loop: overfitting, context weights, the zero-init gate,
+exact resume, run-directory safety and checkpoint pruning."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vin.checkpoint import CheckpointError
+from vin.config import load_config
+from vin.data.synthetic import make_batch
+from vin.models.vin import VINModel
+from vin.training.objective import context_weights, training_loss
+from vin.training.trainer import build_model, checkpoints, train, training_lengths
+
+REPO = Path(__file__).resolve().parents[1]
+XS_YAML = REPO / "configs" / "vin-xs.yaml"
+# VIN-XS/4 on 16x16 frames with 4-frame chunks (2 context frames): a step takes milliseconds
+TINY = ["data.height=16", "data.width=16", "model.chunk_frames=4", "train.context_frames=2",
+        "train.chunks=[2]", "train.batch_size=2", "train.log_every=1", "train.warmup_steps=1",
+        "train.lr=0.001"]
+CKPT_NAME = re.compile(r"^step-\d{7}\.safetensors$")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead (and contention)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_cfg(*extra: str):
+    return load_config(XS_YAML, TINY + list(extra))
+
+
+def with_train(cfg, **changes):
+    return replace(cfg, train=replace(cfg.train, **changes))
+
+
+def batch(cfg, index=0, num_frames=None):
+    n = num_frames or training_lengths(cfg)[0]
+    video, captions, _ = make_batch(cfg.train.seed, index, cfg.train.batch_size, n, cfg.data)
+    return video, captions
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file and folder under root -> its sha256 ("dir" for folders)."""
+    return {str(p.relative_to(root)): ("dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*"))}
+
+
+def read_log(run_dir: Path) -> dict[int, dict]:
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r["step"] for r in records]
+    assert len(steps) == len(set(steps)), f"repeated steps in the log: {steps}"
+    return {r["step"]: r for r in records}
+
+
+# ------------------------------------------------------------------------------------ objective
+
+
+def test_overfits_one_batch():
+    cfg = tiny_cfg("train.caption_dropout=0")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    video, captions = batch(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(150):
+        # the same generator every step: same t, same noise -> a fixed regression problem
+        loss, stats = training_loss(model, video, captions, cfg.train, torch.Generator().manual_seed(0))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert stats["chunks"] == 2.0
+    first, last = losses[0], sum(losses[-10:]) / 10
+    assert last < 0.5 * first, (first, last)
+
+
+def test_context_weights_known_answer():
+    w = context_weights(3, 5, 2, 0.25)
+    expected = torch.tensor([[1, 1, 1, 1, 1], [0.25, 0.25, 1, 1, 1], [0.25, 0.25, 1, 1, 1]])
+    assert w.shape == (3, 5)
+    torch.testing.assert_close(w, expected)
+    torch.testing.assert_close(context_weights(1, 4, 2, 0.0), torch.ones(1, 4))  # first chunk has no context
+    torch.testing.assert_close(context_weights(2, 4, 0, 0.0), torch.ones(2, 4))  # no context frames
+    assert context_weights(2, 4, 3, 0.0).tolist() == [[1, 1, 1, 1], [0, 0, 0, 1]]
+
+
+class _Offset:
+    """A model whose chunk predictions get `offset` (broadcast to (B, n, C, F, H, W)) added."""
+
+    def __init__(self, model: VINModel, offset: torch.Tensor):
+        self.model, self.cfg, self.offset = model, model.cfg, offset
+
+    def encode_text(self, captions):
+        return self.model.encode_text(captions)
+
+    def read(self, *args):
+        return self.model.read(*args)
+
+    def denoise_chunks(self, *args):
+        return self.model.denoise_chunks(*args) + self.offset
+
+
+def _loss(model, cfg, video, captions, seed=3):
+    with torch.no_grad():
+        return training_loss(model, video, captions, cfg.train, torch.Generator().manual_seed(seed))[0]
+
+
+def _offset(n, F, chunk, frames, value=5.0):
+    off = torch.zeros(1, n, 1, F, 1, 1)
+    off[:, chunk, :, frames] = value
+    return off
+
+
+def _is_gate(name: str) -> bool:
+    """The zero-initialised parameters through which the global tokens enter the DiT."""
+    return name == "dit.gates" or (name.startswith("dit.cross.") and ".attn.proj." in name)
+
+
+def _perturb(model: VINModel) -> VINModel:
+    """Random weights everywhere except the gates: an untrained DiT predicts exactly 0
+    (adaLN-zero), which would make any comparison of losses vacuous."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if _is_gate(name):
+                continue
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def test_context_loss_weight_is_applied():
+    # chunk_frames=4, context=2, 3 chunks -> 8 frames; chunk 1 and 2 take frames 0..1 as context
+    cfg = tiny_cfg("train.chunks=[3]", "train.context_loss_weight=0")
+    model = build_model(cfg).eval()
+    video, captions = batch(cfg)
+    base = _loss(model, cfg, video, captions)
+    assert torch.equal(base, _loss(model, cfg, video, captions))  # deterministic given the generator
+    # weight 0: errors on the context frames of later chunks do not count ...
+    for chunk in (1, 2):
+        assert torch.equal(_loss(_Offset(model, _offset(3, 4, chunk, slice(0, 2))), cfg, video, captions), base)
+    # ... but errors on their own frames do, and the first chunk has no context frames
+    assert _loss(_Offset(model, _offset(3, 4, 1, slice(2, 4))), cfg, video, captions) > base
+    assert _loss(_Offset(model, _offset(3, 4, 0, slice(0, 2))), cfg, video, captions) > base
+    # weight 1: context frames count like any other
+    cfg1 = with_train(cfg, context_loss_weight=1.0)
+    base1 = _loss(model, cfg1, video, captions)
+    assert _loss(_Offset(model, _offset(3, 4, 1, slice(0, 2))), cfg1, video, captions) > base1
+
+
+def test_chunks_weigh_equally():
+    # The loss is the mean over chunks of each chunk's weighted mean over its frames. An offset of
+    # +-5 on every weighted frame of one chunk adds 25 to that chunk's loss on average over the two
+    # signs (the cross term cancels), so 25 / n to the loss, whether the chunk has 4 weighted frames
+    # (chunk 0) or 2 (chunks 1, 2, whose context frames have weight 0).
+    cfg = tiny_cfg("train.chunks=[3]", "train.context_loss_weight=0")
+    model = _perturb(build_model(cfg)).eval()
+    video, captions = batch(cfg)
+    base = _loss(model, cfg, video, captions)
+    for c in range(3):
+        frames = slice(0 if c == 0 else 2, 4)
+        plus = _loss(_Offset(model, _offset(3, 4, c, frames, 5.0)), cfg, video, captions)
+        minus = _loss(_Offset(model, _offset(3, 4, c, frames, -5.0)), cfg, video, captions)
+        assert ((plus + minus) / 2 - base).item() == pytest.approx(25.0 / 3, rel=1e-4), c
+
+
+@pytest.mark.parametrize("num_frames", [7, 9, 5, 3])
+def test_training_loss_rejects_bad_lengths(num_frames):
+    cfg = tiny_cfg()  # F=4, K=2: valid lengths are 4, 6, 8, 10, ...
+    model = build_model(cfg)
+    video, captions = batch(cfg, num_frames=num_frames)
+    with pytest.raises(ValueError) as err:
+        training_loss(model, video, captions, cfg.train, torch.Generator().manual_seed(0))
+    assert str(num_frames) in str(err.value)
+
+
+@pytest.mark.parametrize("num_frames", [4, 6, 10])
+def test_training_loss_accepts_valid_lengths(num_frames):
+    cfg = tiny_cfg()
+    model = build_model(cfg)
+    video, captions = batch(cfg, num_frames=num_frames)
+    loss, stats = training_loss(model, video, captions, cfg.train, torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert stats["chunks"] == (num_frames - 2) // 2
+
+
+def test_training_lengths():
+    cfg = tiny_cfg("train.chunks=[1, 2, 5]")
+    assert training_lengths(cfg) == (4, 6, 12)
+    assert training_lengths(load_config(XS_YAML)) == (14, 20)  # F=8, K=2, chunks 2 and 3
+
+
+@pytest.mark.parametrize("inject", ["concat", "cross"])
+def test_interface_is_a_no_op_at_init(inject):
+    """Zero-initialised gates: the untrained VIN model equals the plain chunk DiT with the same weights."""
+    cfg = tiny_cfg(f"model.vin.inject={inject}", "train.caption_dropout=0.5")
+    plain_cfg = tiny_cfg(f"model.vin.inject={inject}", "model.vin.enabled=false", "train.caption_dropout=0.5")
+    model = build_model(cfg)
+    plain = VINModel(plain_cfg.model)
+    gates = [n for n, _ in model.named_parameters() if _is_gate(n)]
+    assert gates and all(model.get_parameter(n).abs().max() == 0 for n in gates)
+    _perturb(model)
+    shared = model.state_dict()
+    assert set(plain.state_dict()) < set(shared)
+    plain.load_state_dict({k: shared[k] for k in plain.state_dict()})
+    assert model.interface is not None and plain.interface is None
+
+    video, captions = batch(cfg)
+    with_vin = _loss(model, cfg, video, captions, seed=11)
+    without = _loss(plain, plain_cfg, video, captions, seed=11)
+    torch.testing.assert_close(with_vin, without, rtol=1e-5, atol=1e-6)
+    # the same batch with another generator gives another loss (so agreement above is not vacuous)
+    assert not torch.allclose(_loss(plain, plain_cfg, video, captions, seed=12), without, rtol=1e-3)
+
+    # opening the gate changes the loss: the global tokens do reach the chunks
+    with torch.no_grad():
+        if inject == "concat":
+            model.dit.gates.fill_(1.0)
+        else:
+            for cross in model.dit.cross:
+                torch.nn.init.normal_(cross.attn.proj.weight, std=0.5)
+    assert not torch.allclose(_loss(model, cfg, video, captions, seed=11), without, rtol=1e-3)
+
+
+# --------------------------------------------------------------------------------- train loop
+
+
+def test_resume_continues_exactly(tmp_path):
+    cfg = tiny_cfg("train.steps=6", "train.ckpt_every=3")
+    a, b = tmp_path / "a", tmp_path / "b"
+    stats_a = train(cfg, a, progress=False)
+    train(with_train(cfg, steps=3), b, progress=False)
+    assert [p.name for p in checkpoints(b)] == ["step-0000003.safetensors"]
+    stats_b = train(cfg, b, resume=True, progress=False)
+
+    log_a, log_b = read_log(a), read_log(b)
+    assert sorted(log_a) == sorted(log_b) == [1, 2, 3, 4, 5, 6]
+    for step in range(1, 7):
+        for key in ("loss", "lr", "grad_norm"):
+            assert log_a[step][key] == log_b[step][key], (step, key)
+    assert stats_a["loss"] == stats_b["loss"] and stats_a["step"] == stats_b["step"] == 6
+    losses = [log_a[s]["loss"] for s in range(1, 7)]
+    assert len(set(losses)) == 6  # the steps did see different batches / noise
+
+    final_a, final_b = load_file(str(checkpoints(a)[-1])), load_file(str(checkpoints(b)[-1]))
+    assert checkpoints(a)[-1].name == checkpoints(b)[-1].name == "step-0000006.safetensors"
+    assert final_a.keys() == final_b.keys()
+    assert any(k.startswith("ema.") for k in final_a) and any(k.startswith("optim.") for k in final_a)
+    for k in final_a:
+        assert torch.equal(final_a[k], final_b[k]), k
+    # the EMA moved away from the weights it started from
+    init = build_model(cfg).state_dict()
+    assert not torch.equal(final_a["ema.dit.x_embed.weight"], init["dit.x_embed.weight"])
+    assert json.loads((b / "config.json").read_text())["train"]["steps"] == 6
+
+
+def test_resume_may_change_training_settings(tmp_path):
+    cfg = tiny_cfg("train.steps=2")
+    train(cfg, tmp_path, progress=False)
+    stats = train(with_train(cfg, steps=3, lr=5e-4), tmp_path, resume=True, progress=False)
+    assert stats["step"] == 3 and stats["lr"] == 5e-4
+    assert sorted(read_log(tmp_path)) == [1, 2, 3]
+
+
+def test_refuses_existing_checkpoints_without_resume(tmp_path):
+    cfg = tiny_cfg("train.steps=2")
+    train(cfg, tmp_path, progress=False)
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match="already holds checkpoints") as err:
+        train(with_train(cfg, steps=4), tmp_path, progress=False)
+    assert "\n" not in str(err.value)
+    assert snapshot(tmp_path) == before
+
+
+def test_refuses_resume_without_checkpoints(tmp_path):
+    cfg = tiny_cfg("train.steps=2")
+    run = tmp_path / "run"
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(cfg, run, resume=True, progress=False)
+    assert not run.exists()  # nothing created
+    # a directory with files but no checkpoints is not resumable either
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(cfg, run, resume=True, progress=False)
+    assert snapshot(tmp_path) == before
+
+
+def test_refuses_a_file_as_run_dir(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    with pytest.raises(NotADirectoryError, match="notes.txt"):
+        train(tiny_cfg("train.steps=1"), path, progress=False)
+    assert path.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [("model.dit.depth=1", "model.dit.depth"), ("model.vin.enabled=false", "model.vin.enabled"),
+     ("model.chunk_frames=6", "model.chunk_frames"), ("model.text.vocab_size=300", "model.text.vocab_size")],
+)
+def test_refuses_resume_with_other_model_config(tmp_path, override, field):
+    cfg = tiny_cfg("train.steps=1")
+    train(cfg, tmp_path, progress=False)
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match="different model config") as err:
+        train(tiny_cfg("train.steps=2", override), tmp_path, resume=True, progress=False)
+    assert field in str(err.value) and "\n" not in str(err.value)
+    assert snapshot(tmp_path) == before
+
+
+def test_keeps_newest_checkpoints(tmp_path):
+    cfg = tiny_cfg("train.steps=5", "train.ckpt_every=1", "train.keep_checkpoints=2")
+    train(cfg, tmp_path, progress=False)
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-0000004.safetensors", "step-0000005.safetensors"]
+    # nothing else in the run: no temporary files from the atomic writes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "config.json", "log.jsonl"]
+    assert all(CKPT_NAME.match(p.name) for p in (tmp_path / "checkpoints").iterdir())
+    # the last step is always saved, even off the ckpt_every grid
+    other = tmp_path / "other"
+    train(tiny_cfg("train.steps=5", "train.ckpt_every=3"), other, progress=False)
+    assert [p.name for p in checkpoints(other)] == ["step-0000003.safetensors", "step-0000005.safetensors"]
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    import vin.checkpoint as ck
+
+    cfg = tiny_cfg("train.steps=2")
+    train(cfg, tmp_path, progress=False)
+    before = snapshot(tmp_path / "checkpoints")
+
+    def broken_save(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ck, "save_file", broken_save)
+    with pytest.raises(OSError, match="No space"):
+        train(with_train(cfg, steps=4, ckpt_every=1), tmp_path, resume=True, progress=False)
+    assert snapshot(tmp_path / "checkpoints") == before  # no temp file, no partial step-3
+    monkeypatch.undo()
+    stats = train(with_train(cfg, steps=4), tmp_path, resume=True, progress=False)  # still resumable
+    assert stats["step"] == 4
+
+
+def test_log_records(tmp_path):
+    cfg = tiny_cfg("train.steps=5", "train.log_every=2")
+    stats = train(cfg, tmp_path, progress=False)
+    log = read_log(tmp_path)
+    assert sorted(log) == [2, 4, 5]  # every log_every steps, and the last
+    for record in log.values():
+        assert {"step", "loss", "lr", "grad_norm", "samples_per_s", "wall_s"} <= set(record)
+        assert record["loss"] > 0 and record["samples_per_s"] > 0
+    assert stats == log[5]
+    assert json.loads((tmp_path / "config.json").read_text()) == json.loads(cfg.to_json())
+
+
+def test_nonfinite_loss_raises(tmp_path):
+    cfg = tiny_cfg("train.steps=3", "train.lr=1.0e+30", "train.grad_clip=0", "train.ckpt_every=100")
+    with pytest.raises(FloatingPointError, match="loss became"):
+        train(cfg, tmp_path, progress=False)
