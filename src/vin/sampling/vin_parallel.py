@@ -39,8 +39,15 @@ def fusion_active(t: float, mode: str, span: float) -> bool:
 
 
 def chunk_velocity(model: VINModel, x: Tensor, t: float, layout, text: TextEmbedding,
-                   null_text: TextEmbedding | None, cfg: SampleConfig, use_global: bool = True) -> Tensor:
-    """Per-chunk velocities (B, n, C, F, H, W) at time t, with classifier-free guidance if enabled."""
+                   null_text: TextEmbedding | None, cfg: SampleConfig, use_global: bool = True,
+                   read: Callable[[Tensor, Tensor, TextEmbedding], Tensor | None] | None = None) -> Tensor | None:
+    """Per-chunk velocities (B, n, C, F, H, W) at time t, with classifier-free guidance if enabled.
+
+    `read(x, t, text) -> global tokens` defaults to `model.read` of x; the multi-process sampler
+    passes its exact distributed read (a collective). With an empty `layout` (a process holding no
+    chunk) only the read runs - every process must take part in it - and None is returned.
+    """
+    read = model.read if read is None else read
     B = x.shape[0]
     guidance = null_text is not None
     xs = torch.cat([x, x]) if guidance else x
@@ -49,10 +56,12 @@ def chunk_velocity(model: VINModel, x: Tensor, t: float, layout, text: TextEmbed
     z = None
     if use_global:
         if guidance and cfg.cfg_global == "shared":
-            z = model.read(x, tt[:B], text)
+            z = read(x, tt[:B], text)
             z = None if z is None else torch.cat([z, z])
         else:
-            z = model.read(xs, tt, texts)
+            z = read(xs, tt, texts)
+    if not layout:
+        return None
     v = model.denoise_chunks(split_chunks(xs, layout), tt, texts, z)
     return guided(v[:B], v[B:], cfg.cfg) if guidance else v
 

@@ -1,0 +1,178 @@
+"""Tests for `vin.distributed`: exact chunk-parallel sampling, the exact distributed read, traffic
+that does not grow with the video, DDP training equal to one process, and failing ranks.
+
+Each test starts 2 CPU processes on gloo (spawn, a free port) and checks several cases inside one
+job, because starting a process (importing torch) costs more than the tiny models themselves.
+Models get random values in every zero-initialised parameter (adaLN-Zero, final layer, gates):
+an untrained DiT predicts exactly 0 and would make equality tests vacuous.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue as queue_mod
+import time
+import traceback
+from dataclasses import replace
+
+import pytest
+import torch
+
+from vin.config import SampleConfig, load_config
+from vin.distributed.group import CommStats, DistributedError, collective, free_port, setup_tcp, teardown
+from vin.distributed.sampling import distributed_read, halo_plan, partition, sample_vin_distributed
+from vin.models.vin import VINModel
+from vin.sampling.chunking import chunk_layout
+from vin.sampling.vin_parallel import sample_vin
+from vin.training.trainer import build_model
+
+pytestmark = pytest.mark.multiprocess
+
+H = W = 16
+CAPTIONS = ["a red ball bouncing", "two blue squares"]
+CASES = {  # name -> sample config; 16 frames / overlap 4 = 3 chunks (odd), fusion early then owner
+    "3 chunks, fusion": SampleConfig(frames=16, chunk_frames=8, overlap=4, steps=3, seed=1),
+    "heun, cfg, 5 chunks": SampleConfig(frames=23, chunk_frames=8, overlap=5, steps=2, solver="heun",
+                                        cfg=2.0, fusion="always", seed=2),
+    "1 chunk (rank 1 idle)": SampleConfig(frames=8, chunk_frames=8, overlap=4, steps=2, cfg=1.5,
+                                          cfg_global="shared", seed=3),
+}
+BYTES_LENGTHS = (16, 28)  # both n*(F-K)+K: every overlap exactly K=4 frames
+
+
+def make_model() -> VINModel:
+    model = build_model(load_config(None, [], preset="VIN-XS/4")).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        model.dit.gates.fill_(1.0)
+    return model
+
+
+# ------------------------------------------------------------------------ process harness
+
+
+def _entry(rank, world, port, q, fn, args, pg_timeout):
+    torch.set_num_threads(1)
+    try:
+        ctx = setup_tcp(rank, world, port, timeout_s=pg_timeout)
+        q.put((rank, "ok", fn(ctx, *args)))
+    except BaseException as e:  # noqa: BLE001 - report everything to the parent
+        q.put((rank, "error", f"{type(e).__name__}: {e}", traceback.format_exc()))
+    finally:
+        teardown()
+
+
+def run_ranks(fn, *args, world: int = 2, timeout: float = 120.0, pg_timeout: float = 60.0) -> dict[int, tuple]:
+    """fn(ctx, *args) on `world` spawned processes -> {rank: ("ok", result) | ("error", msg, tb)}."""
+    mpc = multiprocessing.get_context("spawn")
+    q = mpc.Queue()
+    port = free_port()
+    procs = [mpc.Process(target=_entry, args=(r, world, port, q, fn, args, pg_timeout)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results, deadline = {}, time.monotonic() + timeout
+    try:
+        while len(results) < world:
+            try:
+                item = q.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue_mod.Empty:
+                break
+            results[item[0]] = item[1:]
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+    return results
+
+
+def _ok(results, world=2):
+    for r in range(world):
+        assert r in results, f"rank {r} reported nothing"
+        assert results[r][0] == "ok", f"rank {r}: {results[r][1]}\n{results[r][2]}"
+    return [results[r][1] for r in range(world)]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _sampling_worker(ctx):
+    model = make_model()
+    out = {"videos": {}, "bytes": {}, "reads": {}}
+    for name, sc in CASES.items():
+        out["videos"][name] = sample_vin_distributed(model, CAPTIONS, sc, (H, W), ctx)
+    for n in BYTES_LENGTHS:
+        stats = CommStats()
+        sc = SampleConfig(frames=n, chunk_frames=8, overlap=4, steps=2, seed=0)
+        sample_vin_distributed(model, CAPTIONS, sc, (H, W), ctx, stats=stats)
+        out["bytes"][n] = {k: v // sc.steps for k, v in stats.as_dict().items() if k != "gather"}
+    # the read alone: frames split by ownership of a 37-frame video, relative time positions
+    for n in (37, 8):
+        torch.manual_seed(n)
+        x, t = torch.randn(2, 3, n, H, W), torch.tensor([0.3, 0.8])
+        parts = partition(chunk_layout(n, 8, 3), n, ctx.world)
+        me = parts[ctx.rank]
+        with torch.no_grad():
+            text = model.encode_text(CAPTIONS)
+            out["reads"][n] = distributed_read(model, ctx, x[:, :, me.a:me.b], me.a, n, t, text)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sampled():
+    return _ok(run_ranks(_sampling_worker))
+
+
+def test_distributed_sampling_equals_single_process(sampled):
+    rank0, rank1 = sampled
+    model = make_model()
+    for name, sc in CASES.items():
+        want = sample_vin(model, CAPTIONS, sc, (H, W))
+        got = rank0["videos"][name]
+        assert rank1["videos"][name] is None  # only rank 0 gathers
+        assert got.shape == want.shape, name
+        assert (got - want).abs().max() <= 1e-5, f"{name}: max |diff| {(got - want).abs().max():.2e}"
+        assert (want - sample_vin(model, CAPTIONS, replace(sc, seed=sc.seed + 1), (H, W))).abs().max() > 0.1
+
+
+def test_distributed_read_equals_single_read(sampled):
+    model = make_model()
+    for n in (37, 8):
+        torch.manual_seed(n)
+        x, t = torch.randn(2, 3, n, H, W), torch.tensor([0.3, 0.8])
+        with torch.no_grad():
+            want = model.read(x, t, model.encode_text(CAPTIONS))
+        for r in range(2):
+            torch.testing.assert_close(sampled[r]["reads"][n], want, rtol=0, atol=1e-5)
+
+
+def test_bytes_per_step_do_not_grow_with_length(sampled):
+    model = make_model()
+    v = model.cfg.vin
+    # one Euler evaluation per step; the read sends max(lse) then [out * w, w] in float32
+    read = 2 * v.heads * v.num_global * (1 + v.width // v.heads + 1) * 4
+    short, long = BYTES_LENGTHS
+    for r in range(2):
+        b = sampled[r]["bytes"]
+        assert b[short]["read"] == b[long]["read"] == read
+        assert b[short] == b[long]
+    # halo: rank 1 sends 4 overlap frames of x, rank 0 sends back 4 frames of velocity
+    frame = 2 * 3 * H * W * 4
+    assert sampled[0]["bytes"][long]["halo"] == sampled[1]["bytes"][long]["halo"] == 4 * frame
+
+
+def test_partition_covers_every_frame_and_chunk_once():
+    for n, F, K in [(16, 8, 4), (23, 8, 5), (8, 8, 4), (64, 8, 4), (30, 8, 6)]:
+        layout = chunk_layout(n, F, K)
+        for world in (1, 2, 3, 5, 9):
+            parts = partition(layout, n, world)
+            assert [p.c1 for p in parts][-1] == len(layout)
+            assert all(parts[i].c1 == parts[i + 1].c0 and parts[i].b == parts[i + 1].a for i in range(world - 1))
+            assert parts[0].a == 0 and parts[-1].b == n
+            counts = [p.c1 - p.c0 for p in parts]
+            assert max(counts) - min(counts) <= 1
+            for (r, q), (f0, f1) in halo_plan(parts).items():
+                assert q > r and parts[q].a <= f0 < f1 <= parts[q].b
