@@ -176,3 +176,42 @@ def test_partition_covers_every_frame_and_chunk_once():
             assert max(counts) - min(counts) <= 1
             for (r, q), (f0, f1) in halo_plan(parts).items():
                 assert q > r and parts[q].a <= f0 < f1 <= parts[q].b
+
+
+# ------------------------------------------------------------------------------ failures
+
+
+def _fail_worker(ctx, mode, pg_timeout):
+    if ctx.rank == 1:
+        if mode == "raise":
+            raise RuntimeError("boom on rank 1")
+        time.sleep(pg_timeout + 4)  # "hang": never reaches the first collective in time
+        return "slept"
+    model = make_model()
+    t0 = time.monotonic()
+    try:
+        sample_vin_distributed(model, CAPTIONS, CASES["3 chunks, fusion"], (H, W), ctx)
+    except DistributedError as e:
+        return str(e), time.monotonic() - t0
+    return "finished?", time.monotonic() - t0
+
+
+@pytest.mark.parametrize("mode", ["raise", "hang"])
+def test_a_failing_rank_ends_the_others_with_a_clear_error(mode):
+    pg_timeout = 3.0
+    results = run_ranks(_fail_worker, mode, pg_timeout, pg_timeout=pg_timeout, timeout=60)
+    assert results[0][0] == "ok", results[0]
+    message, elapsed = results[0][1]
+    assert message.startswith("rank 0/2: ") and "another rank probably failed or hung" in message, message
+    assert elapsed < pg_timeout + 10, elapsed
+    if mode == "raise":
+        assert results[1][0] == "error" and "boom on rank 1" in results[1][1]
+
+
+def test_collective_errors_name_the_rank():
+    from vin.distributed.group import DistContext
+
+    ctx = DistContext(rank=3, world=4, device=torch.device("cpu"), timeout_s=7)
+    with pytest.raises(DistributedError, match=r"rank 3/4: all-reduce failed.*timeout 7 s.*peer gone"):
+        with collective(ctx, "all-reduce"):
+            raise RuntimeError("peer gone\nmore detail")
