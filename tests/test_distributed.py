@@ -10,6 +10,7 @@ an untrained DiT predicts exactly 0 and would make equality tests vacuous.
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import queue as queue_mod
 import time
 import traceback
@@ -58,9 +59,9 @@ def _entry(rank, world, port, q, fn, args, pg_timeout):
     torch.set_num_threads(1)
     try:
         ctx = setup_tcp(rank, world, port, timeout_s=pg_timeout)
-        q.put((rank, "ok", fn(ctx, *args)))
+        q.put(pickle.dumps((rank, "ok", fn(ctx, *args))))  # by value, not shared memory
     except BaseException as e:  # noqa: BLE001 - report everything to the parent
-        q.put((rank, "error", f"{type(e).__name__}: {e}", traceback.format_exc()))
+        q.put(pickle.dumps((rank, "error", f"{type(e).__name__}: {e}", traceback.format_exc())))
     finally:
         teardown()
 
@@ -77,7 +78,7 @@ def run_ranks(fn, *args, world: int = 2, timeout: float = 120.0, pg_timeout: flo
     try:
         while len(results) < world:
             try:
-                item = q.get(timeout=max(0.1, deadline - time.monotonic()))
+                item = pickle.loads(q.get(timeout=max(0.1, deadline - time.monotonic())))
             except queue_mod.Empty:
                 break
             results[item[0]] = item[1:]

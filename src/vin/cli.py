@@ -6,10 +6,12 @@ Bad input ends with one line `vin: error: ...` on stderr and exit code 2, never 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
 from vin.config import SampleConfig, load_config
+from vin.distributed import DistributedError, launched_by_torchrun
 
 EPILOG_TRAIN = """Any config field can be overridden as --section.key=value, e.g.
   vin train --config configs/vin-s.yaml --train.steps=2000 --model.vin.enabled=false --out runs/ablation"""
@@ -55,11 +57,48 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
                           seed=args.seed)
     prompts = args.prompt or [DEFAULT_PROMPT]
     _check_device(args.device)
-    written = generate(prompts, sample, args.out, checkpoint=args.checkpoint, device=args.device,
-                       use_global=not args.no_global, strip=not args.no_strip, scale=args.scale,
-                       progress=not args.quiet)
+    kwargs = dict(checkpoint=args.checkpoint, device=args.device, use_global=not args.no_global,
+                  strip=not args.no_strip, scale=args.scale, progress=not args.quiet)
+    if launched_by_torchrun():  # torchrun --nproc_per_node P -m vin generate ...
+        if args.procs != 1:
+            raise ValueError("--procs spawns local processes; under torchrun use --nproc_per_node instead")
+        with _torchrun_group(args.device) as ctx:
+            written = generate(prompts, sample, args.out, ctx=ctx, **kwargs)
+    else:
+        from vin.generate import generate_multiprocess
+
+        written = generate_multiprocess(args.procs, prompts, sample, args.out, threads=args.threads, **kwargs)
     for path in written:
         print(path)
+    return 0
+
+
+@contextlib.contextmanager
+def _torchrun_group(device: str):
+    from vin.distributed.group import setup_from_env, teardown
+
+    try:
+        yield setup_from_env(device)
+    finally:
+        teardown()
+
+
+def _bench(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ValueError(f"unknown arguments: {' '.join(overrides)}")
+    from vin.distributed.bench import bench, format_table
+    from vin.generate import DEFAULT_CHECKPOINT, DEFAULT_PROMPT
+
+    _check_device(args.device)
+    sample = SampleConfig(frames=args.frames, chunk_frames=args.chunk_frames, overlap=args.overlap,
+                          steps=args.steps, seed=args.seed)
+    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
+    rows, sample = bench(checkpoint, sample, args.procs, args.prompt or [DEFAULT_PROMPT], args.device, args.threads)
+    print(format_table(rows, sample, args.threads))
+    worst = max(r.max_diff for r in rows)
+    if worst > 1e-5:
+        print(f"vin: error: the videos differ across process counts (max |diff| {worst:.2e})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -116,9 +155,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("outputs/video.mp4"), help="output .mp4 or .gif")
     p.add_argument("--scale", type=int, default=8, help="integer upscaling of the written video")
     p.add_argument("--no-strip", action="store_true", help="do not write the PNG frame strip")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (several processes: one GPU each)")
+    p.add_argument("--procs", type=int, default=1,
+                   help="spawn this many local processes for chunk-parallel sampling (same video); "
+                        "or launch with torchrun --nproc_per_node P -m vin generate ...")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process with --procs (0: share the cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("bench", help="time sampling one video on 1, 2, ... local processes (same result)")
+    p.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts to compare (default 1 2)")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint (default: the one shipped with vin)")
+    p.add_argument("--prompt", action="append")
+    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--chunk-frames", type=int, default=0)
+    p.add_argument("--overlap", type=int, default=d.overlap)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("export", help="strip a training checkpoint to its EMA weights + config")
     p.add_argument("checkpoint", type=Path)
@@ -142,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vin: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FloatingPointError, OSError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, OSError, DistributedError) as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"vin: error: {message}", file=sys.stderr)
         return 2

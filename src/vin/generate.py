@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from tqdm import tqdm
 from vin.checkpoint import CheckpointError, checkpoint_config, load_checkpoint
 from vin.config import Config, SampleConfig
 from vin.data.video_io import VIDEO_SUFFIXES, frame_strip, to_uint8, write_video
+from vin.distributed.group import CommStats, DistContext, collective
+from vin.distributed.launch import run_local
+from vin.distributed.sampling import sample_vin_distributed
 from vin.fileio import atomic_write_text
 from vin.models.vin import VINModel
 from vin.sampling.chunking import boundaries, chunk_layout
@@ -34,16 +38,9 @@ def output_paths(out: Path, count: int) -> list[Path]:
     return [out] if count == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
 
 
-def generate(prompts: list[str], sample: SampleConfig, out: str | Path, checkpoint: str | Path | None = None,
-             device: str = "cpu", use_global: bool = True, strip: bool = True, scale: int = 8,
-             progress: bool = True) -> list[Path]:
-    """Generate one video per prompt; writes the video(s), `<out>.json` (resolved config) and
-    optionally `<out>.png` (a frame strip with chunk boundaries marked). Returns the written paths.
-
-    Everything that can be checked (paths, chunk layout, checkpoint) is checked before sampling,
-    so bad input writes nothing.
-    """
-    out = Path(out)
+def _prepare(sample: SampleConfig, out: Path, checkpoint: str | Path | None, device: str | torch.device,
+             scale: int) -> tuple[VINModel, Config, SampleConfig, Path, tuple]:
+    """Check everything that can be checked before sampling; load the model."""
     if out.suffix not in VIDEO_SUFFIXES:
         raise ValueError(f"output {out} must end in one of {', '.join(VIDEO_SUFFIXES)}")
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
@@ -58,12 +55,43 @@ def generate(prompts: list[str], sample: SampleConfig, out: str | Path, checkpoi
     layout = chunk_layout(sample.frames, F, sample.overlap)
     if F % cfg.model.dit.patch_t:
         raise ValueError(f"chunk_frames ({F}) must be divisible by the model's temporal patch ({cfg.model.dit.patch_t})")
+    return model, cfg, sample, Path(checkpoint), layout
 
-    bar = tqdm(total=sample.steps, desc=f"sample {sample.frames} frames, {len(layout)} chunks",
-               disable=not progress, dynamic_ncols=True)
-    video = sample_vin(model, prompts, sample, (cfg.data.height, cfg.data.width), device,
-                       progress=lambda i, t: bar.update(1), use_global=use_global)
+
+def generate(prompts: list[str], sample: SampleConfig, out: str | Path, checkpoint: str | Path | None = None,
+             device: str = "cpu", use_global: bool = True, strip: bool = True, scale: int = 8,
+             progress: bool = True, ctx: DistContext | None = None) -> list[Path]:
+    """Generate one video per prompt; writes the video(s), `<out>.json` (resolved config) and
+    optionally `<out>.png` (a frame strip with chunk boundaries marked). Returns the written paths.
+
+    Everything that can be checked (paths, chunk layout, checkpoint) is checked before sampling,
+    so bad input writes nothing. With a process group `ctx` of several ranks (every rank calls
+    this with the same arguments; `device` is then `ctx.device`), sampling is chunk-parallel
+    (`vin.distributed.sampling`) and rank 0 writes the files; the other ranks return [].
+    """
+    out = Path(out)
+    parallel = ctx is not None and ctx.world > 1
+    device = ctx.device if parallel else device
+    model, cfg, sample, checkpoint, layout = _prepare(sample, out, checkpoint, device, scale)
+    main = not parallel or ctx.rank == 0
+    procs = f", {ctx.world} processes" if parallel else ""
+    bar = tqdm(total=sample.steps, desc=f"sample {sample.frames} frames, {len(layout)} chunks{procs}",
+               disable=not (progress and main), dynamic_ncols=True)
+    tick = lambda i, t: bar.update(1)  # noqa: E731
+    frame_size = (cfg.data.height, cfg.data.width)
+    traffic = None
+    if parallel:
+        stats = CommStats()
+        video = sample_vin_distributed(model, prompts, sample, frame_size, ctx, tick, use_global, stats)
+        traffic = traffic_per_step(ctx, stats, sample)
+    else:
+        video = sample_vin(model, prompts, sample, frame_size, device, progress=tick, use_global=use_global)
     bar.close()
+    if not main:
+        return []
+    if traffic is not None and progress:
+        print(f"traffic per step (all ranks, sent): read {traffic['read']} B, halo {traffic['halo']} B",
+              file=sys.stderr)
 
     written = []
     every = max(1, sample.frames // 32)
@@ -75,6 +103,38 @@ def generate(prompts: list[str], sample: SampleConfig, out: str | Path, checkpoi
                                        every=every, scale=4, title=prompt[:100]))
     record = {"checkpoint": str(checkpoint), "prompts": prompts, "use_global": use_global,
               "layout": [list(w) for w in layout], "sample": asdict(sample), "model_config": cfg.to_dict()}
+    if parallel:
+        record["distributed"] = {"processes": ctx.world, "bytes_per_step": traffic}
     meta = out.with_suffix(".json")
     atomic_write_text(meta, json.dumps(record, indent=2))
     return written + [meta]
+
+
+def traffic_per_step(ctx: DistContext, stats: CommStats, sample: SampleConfig) -> dict[str, int]:
+    """Bytes sent per solver step summed over the ranks, by kind ("read", "halo"; the one-off
+    final "gather" in total)."""
+    kinds = ("read", "halo", "gather")
+    total = torch.tensor([stats.bytes.get(k, 0) for k in kinds], dtype=torch.float64)
+    with collective(ctx, "traffic statistics"):
+        torch.distributed.all_reduce(total, group=ctx.group)
+    per = {k: int(v) for k, v in zip(kinds, total.tolist())}
+    return {"read": per["read"] // sample.steps, "halo": per["halo"] // sample.steps, "gather_total": per["gather"]}
+
+
+def _generate_worker(ctx: DistContext, kwargs: dict) -> list[Path]:
+    return generate(ctx=ctx, **kwargs)
+
+
+def generate_multiprocess(procs: int, prompts: list[str], sample: SampleConfig, out: str | Path,
+                          checkpoint: str | Path | None = None, device: str = "cpu", use_global: bool = True,
+                          strip: bool = True, scale: int = 8, progress: bool = True, threads: int = 0) -> list[Path]:
+    """`generate` on `procs` spawned local processes (gloo on CPU, nccl with one GPU each).
+
+    Input is checked here first, so bad input fails before any process starts.
+    """
+    _prepare(sample, Path(out), checkpoint, "cpu", scale)
+    kwargs = dict(prompts=prompts, sample=sample, out=out, checkpoint=checkpoint, device=device,
+                  use_global=use_global, strip=strip, scale=scale, progress=progress)
+    if procs == 1:
+        return generate(**kwargs)
+    return run_local(_generate_worker, procs, kwargs, device=device, threads=threads)

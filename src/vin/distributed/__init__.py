@@ -5,3 +5,16 @@
 - `launch`: run generation or a benchmark on P local processes.
 Data-parallel training is `vin.training.trainer.train(..., group=...)` (torch DDP).
 """
+
+from __future__ import annotations
+
+import os
+
+
+class DistributedError(RuntimeError):
+    """A collective failed or timed out (usually: another rank failed or hung), or a worker died."""
+
+
+def launched_by_torchrun() -> bool:
+    """True inside torchrun (or any env:// launcher) with more than one process (no torch import)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1

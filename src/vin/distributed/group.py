@@ -24,11 +24,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from vin.distributed import DistributedError, launched_by_torchrun  # noqa: F401 (re-exported)
+
 DEFAULT_TIMEOUT_S = 120.0
-
-
-class DistributedError(RuntimeError):
-    """A collective failed or timed out (usually: another rank failed or hung)."""
 
 
 @dataclass
@@ -63,11 +61,6 @@ class DistContext:
 
 def backend_for(device: str | torch.device) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
-
-
-def launched_by_torchrun() -> bool:
-    """True inside a torchrun (or any env:// launcher) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def free_port() -> int:
