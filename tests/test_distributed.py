@@ -216,3 +216,94 @@ def test_collective_errors_name_the_rank():
     with pytest.raises(DistributedError, match=r"rank 3/4: all-reduce failed.*timeout 7 s.*peer gone"):
         with collective(ctx, "all-reduce"):
             raise RuntimeError("peer gone\nmore detail")
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def _train_cfg(steps: int):
+    from vin.config import load_config
+
+    return load_config(None, ["data.height=16", "data.width=16", "model.chunk_frames=4", "train.context_frames=2",
+                              "train.chunks=[2, 3]", "train.batch_size=3", "train.log_every=1",
+                              "train.warmup_steps=1", "train.lr=0.001", f"train.steps={steps}",
+                              "train.ckpt_every=2", "train.caption_dropout=0.5"], preset="VIN-XS/4")
+
+
+def _train_worker(ctx, root):
+    from pathlib import Path
+
+    from vin.training.trainer import train
+
+    train(_train_cfg(4), Path(root) / "ddp", progress=False, ctx=ctx)
+    train(_train_cfg(2), Path(root) / "resumed", progress=False, ctx=ctx)
+    return "done"
+
+
+def _losses(run_dir):
+    import json
+
+    return [json.loads(line)["loss"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def _weights(run_dir, step):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "checkpoints" / f"step-{step:07d}.safetensors"))
+
+
+def test_ddp_training_follows_one_process_and_resumes_on_any_count(tmp_path):
+    """batch 3 on 2 processes (1 + 2 rows, uneven): same losses and weights as 1 process with batch 3;
+    a run trained to step 2 on 2 processes, resumed on 1, equals the 1-process run."""
+    from vin.training.trainer import train
+
+    _ok(run_ranks(_train_worker, str(tmp_path)))
+    single = tmp_path / "single"
+    train(_train_cfg(4), single, progress=False)
+    train(_train_cfg(4), tmp_path / "resumed", resume=True, progress=False)
+    want = _losses(single)
+    assert len(want) == 4 and len(set(want)) == 4
+    for run in ("ddp", "resumed"):
+        torch.testing.assert_close(_losses(tmp_path / run), want, rtol=1e-4, atol=0)
+        got, ref = _weights(tmp_path / run, 4), _weights(single, 4)
+        assert got.keys() == ref.keys()
+        for k in ref:
+            if k.startswith(("model.", "ema.")):
+                torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-4, msg=f"{run} {k}")
+    assert not any(p.name.startswith(".") for p in (tmp_path / "ddp" / "checkpoints").iterdir())  # no temp files left
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+def test_cli_procs_and_torchrun_write_the_single_process_video(tmp_path):
+    """`vin generate --procs 2` and `torchrun --nproc_per_node 2 -m vin generate` write the frames
+    `vin generate` writes (6 chunks: 3 + 3 per rank)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vin.checkpoint import save_checkpoint
+    from vin.cli import main
+    from vin.config import load_config
+    from vin.data.video_io import read_video
+
+    ckpt = tmp_path / "model.safetensors"
+    save_checkpoint(ckpt, load_config(None, ["data.height=16", "data.width=16"], preset="VIN-XS/4"), make_model())
+    args = ["generate", "--checkpoint", str(ckpt), "--frames", "28", "--steps", "2", "--scale", "1", "--quiet", "--no-strip"]
+    assert main(args + ["--out", str(tmp_path / "one.mp4")]) == 0
+    assert main(args + ["--out", str(tmp_path / "spawn.mp4"), "--procs", "2"]) == 0
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "vin", *args, "--out", str(tmp_path / "trun.mp4")],
+                         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    want = read_video(tmp_path / "one.mp4")
+    assert want.shape[0] == 28 and want.std() > 10  # not a blank video
+    for name in ("spawn", "trun"):
+        assert (read_video(tmp_path / f"{name}.mp4") == want).all(), name
+        record = json.loads((tmp_path / f"{name}.json").read_text())
+        assert record["distributed"]["processes"] == 2 and record["distributed"]["bytes_per_step"]["read"] > 0

@@ -40,8 +40,16 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     out = Path(args.out or f"runs/{cfg.name}")
     _check_device(args.device)
     check_run_dir(cfg, out, args.resume)  # before anything is printed: bad input ends in one line
-    print(describe(cfg), file=sys.stderr)
-    stats = train(cfg, out, resume=args.resume, device=args.device, progress=not args.quiet)
+    if not launched_by_torchrun():
+        print(describe(cfg), file=sys.stderr)
+        stats = train(cfg, out, resume=args.resume, device=args.device, progress=not args.quiet)
+    else:  # torchrun --nproc_per_node P -m vin train ...: DDP, train.batch_size is the global batch
+        with _torchrun_group(args.device) as ctx:
+            if ctx.rank == 0:
+                print(f"{describe(cfg)}; data-parallel on {ctx.world} processes", file=sys.stderr)
+            stats = train(cfg, out, resume=args.resume, progress=not args.quiet, ctx=ctx)
+            if ctx.rank != 0:
+                return 0
     print(f"trained to step {stats.get('step', cfg.train.steps)} in {out} (loss {stats.get('loss', float('nan')):.4f})")
     return 0
 

@@ -210,12 +210,22 @@ def make_caption(spec: VideoSpec, rng: np.random.Generator, keep_prob: float) ->
 
 
 def make_batch(
-    seed: int, index: int, batch_size: int, num_frames: int, cfg: DataConfig
+    seed: int, index: int, batch_size: int, num_frames: int, cfg: DataConfig,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, list[str], list[VideoSpec]]:
-    """Batch `index` of stream `seed`: video (B, 3, F, H, W) float32 in [-1, 1], captions, specs."""
+    """Batch `index` of stream `seed`: video (B, 3, F, H, W) float32 in [-1, 1], captions, specs.
+
+    `rows=(lo, hi)` returns only videos lo..hi-1 of that batch (what one data-parallel process
+    trains on), identical to the same rows of the whole batch; only those videos are rendered.
+    """
     rng = np.random.default_rng([seed, index])
     specs = [sample_spec(rng, cfg) for _ in range(batch_size)]
     captions = [make_caption(s, rng, cfg.caption_keep_prob) for s in specs]
+    if rows is not None:
+        lo, hi = rows
+        if not 0 <= lo < hi <= batch_size:
+            raise ValueError(f"rows {rows} are not a non-empty slice of a batch of {batch_size}")
+        specs, captions = specs[lo:hi], captions[lo:hi]
     frames = np.stack([render(s, cfg, 0, num_frames) for s in specs])  # (B, F, H, W, 3)
     video = np.ascontiguousarray(frames.transpose(0, 4, 1, 2, 3)).astype(np.float32)
     video /= np.float32(127.5)
@@ -237,11 +247,13 @@ class SyntheticVideoStream:
         batch_size: int,
         frames_choices: tuple[int, ...],
         start_index: int = 0,
+        rows: tuple[int, int] | None = None,
     ) -> None:
         if not frames_choices:
             raise ValueError("frames_choices must not be empty")
         self.cfg, self.seed, self.batch_size = cfg, seed, batch_size
         self.frames_choices, self.start_index = tuple(frames_choices), start_index
+        self.rows = rows  # this process's slice of every batch (data-parallel training)
 
     def num_frames(self, index: int) -> int:
         """The clip length of batch `index`."""
@@ -252,7 +264,7 @@ class SyntheticVideoStream:
         index = self.start_index
         while True:
             f = self.num_frames(index)
-            video, captions, _ = make_batch(self.seed, index, self.batch_size, f, self.cfg)
+            video, captions, _ = make_batch(self.seed, index, self.batch_size, f, self.cfg, self.rows)
             yield index, video, captions
             index += 1
 

@@ -23,21 +23,26 @@ def context_weights(num_chunks: int, chunk_frames: int, context: int, weight: fl
 
 
 def training_loss(model: VINModel, video: Tensor, captions: list[str], cfg: TrainConfig,
-                  generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+                  generator: torch.Generator, rows: tuple[int, int, int] | None = None) -> tuple[Tensor, dict[str, float]]:
     """video: (B, C, N, H, W) clean, N = n * (F - K) + K for F = model.cfg.chunk_frames, K = cfg.context_frames.
 
     Returns the scalar loss and a few statistics. Randomness (caption dropout, t, noise) comes from
-    `generator` only, so a step is reproducible from its seed.
+    `generator` only, so a step is reproducible from its seed. `rows=(lo, hi, batch)`: `video` is
+    rows lo..hi-1 of a global batch of `batch` videos (data-parallel training); the randomness is
+    drawn for the whole batch and sliced, so every process sees what one process would.
     """
     B, _, N = video.shape[:3]
+    lo, hi, total = rows if rows is not None else (0, B, B)
+    if hi - lo != B:
+        raise ValueError(f"rows {rows} do not match a video batch of {B}")
     F, K = model.cfg.chunk_frames, cfg.context_frames
     layout = chunk_layout(N, F, K)
     if any(e - s != F for s, e in layout) or (N - K) % (F - K):
         raise ValueError(f"training video of {N} frames is not n*(F-K)+K for F={F}, K={K}")
-    drop = torch.rand(B, generator=generator) < cfg.caption_dropout
+    drop = (torch.rand(total, generator=generator) < cfg.caption_dropout)[lo:hi]
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-    t = sample_timesteps(B, cfg.timesteps, generator, cfg.logit_mean, cfg.logit_std).to(video.device)
-    noise = torch.randn(video.shape, generator=generator).to(video.device)
+    t = sample_timesteps(total, cfg.timesteps, generator, cfg.logit_mean, cfg.logit_std)[lo:hi].to(video.device)
+    noise = torch.randn((total, *video.shape[1:]), generator=generator)[lo:hi].to(video.device)
     x_t = interpolate(video, noise, t)
     target = split_chunks(velocity_target(video, noise), layout)
 

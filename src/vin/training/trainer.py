@@ -16,18 +16,22 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
-from vin.config import Config
+from vin.config import Config, TrainConfig
 from vin.data.synthetic import SyntheticVideoStream
 from vin.fileio import atomic_write_text
 from vin.models.vin import VINModel, parameter_count
 from vin.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, save_checkpoint
 from vin.training.objective import training_loss
+
+if TYPE_CHECKING:  # the context type only; training does not depend on vin.distributed
+    from vin.distributed.group import DistContext
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -74,27 +78,68 @@ def check_run_dir(cfg: Config, run_dir: str | Path, resume: bool) -> list[Path]:
     return existing
 
 
+class _Loss(nn.Module):
+    """The objective as a module, so that DistributedDataParallel sees one forward per step."""
+
+    def __init__(self, model: VINModel, cfg: TrainConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, video: Tensor, captions: list[str], generator: torch.Generator,
+                rows: tuple[int, int, int] | None) -> Tensor:
+        return training_loss(self.model, video, captions, self.cfg, generator, rows)[0]
+
+
+def batch_rows(batch_size: int, rank: int, world: int) -> tuple[int, int]:
+    """Rows [lo, hi) of every global batch that process `rank` of `world` trains on."""
+    if batch_size < world:
+        raise ValueError(f"train.batch_size ({batch_size}) must be at least the number of processes ({world})")
+    return batch_size * rank // world, batch_size * (rank + 1) // world
+
+
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = "cpu",
-          progress: bool = True) -> dict[str, float]:
-    """Train until `cfg.train.steps`; returns the last logged statistics."""
+          progress: bool = True, ctx: "DistContext | None" = None) -> dict[str, float]:
+    """Train until `cfg.train.steps`; returns the last logged statistics.
+
+    Data-parallel with `ctx` (a `vin.distributed.group.DistContext` of several processes; every
+    process calls this; `device` is then `ctx.device`): `train.batch_size` stays the *global*
+    batch. Process r trains on rows [B r / P, B (r + 1) / P) of every batch, with the randomness
+    of the whole batch sliced the same way, and its loss weighted by its share of the rows, so the
+    gradient DDP averages is the gradient of the one-process loss: P processes follow the run of
+    one process (up to float rounding), and a run can resume on any process count. Rank 0 logs
+    and writes the (atomic) checkpoints.
+    """
     run_dir = Path(run_dir)
     tc = cfg.train
+    parallel = ctx is not None and ctx.world > 1
+    rank, world = (ctx.rank, ctx.world) if parallel else (0, 1)
+    device = ctx.device if parallel else device
+    main = rank == 0
+    lo, hi = batch_rows(tc.batch_size, rank, world)
     existing = check_run_dir(cfg, run_dir, resume)
     if tc.threads:
         torch.set_num_threads(tc.threads)
 
     model = build_model(cfg, device)
-    ema = copy.deepcopy(model).requires_grad_(False)
+    ema = copy.deepcopy(model).requires_grad_(False) if main else None  # identical on every rank: keep one
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
     step = load_checkpoint(existing[-1], model, ema, opt) if resume else 0
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", cfg.to_json())
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", cfg.to_json())
 
-    stream = iter(SyntheticVideoStream(cfg.data, tc.seed, tc.batch_size, training_lengths(cfg), start_index=step))
+    rows = (lo, hi) if parallel else None
+    stream = iter(SyntheticVideoStream(cfg.data, tc.seed, tc.batch_size, training_lengths(cfg), start_index=step, rows=rows))
+    loss_fn: nn.Module = _Loss(model, tc)
+    if parallel:
+        from torch.nn.parallel import DistributedDataParallel
+
+        loss_fn = DistributedDataParallel(loss_fn, device_ids=[device] if device.type == "cuda" else None,
+                                          process_group=ctx.group)
     # CPU autocast runs layer norms in bf16 against fp32 weights; torch warns it cannot fuse them.
     warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if tc.autocast_bf16 else nullcontext()
-    bar = tqdm(total=tc.steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
     log_path, window, stats = run_dir / "log.jsonl", [], {}
     t0, samples = time.perf_counter(), 0
     model.train()
@@ -105,18 +150,23 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast:
-            loss, _ = training_loss(model, video, captions, tc, step_generator(tc.seed, step))
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr or enable train.grad_clip")
+            loss = loss_fn(video, captions, step_generator(tc.seed, step), (lo, hi, tc.batch_size) if parallel else None)
+        share = (hi - lo) / tc.batch_size
+        value = _global_loss(loss, share, ctx) if parallel else loss.item()
+        if not math.isfinite(value):  # the same value on every rank: all stop together
+            raise FloatingPointError(f"loss became {value} at step {step}; lower train.lr or enable train.grad_clip")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (share * world) if parallel else loss).backward()  # DDP averages over ranks
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
         opt.step()
         step += 1
-        update_ema(ema, model, min(tc.ema_decay, (1 + step) / (10 + step)))
-        window.append(loss.item())
-        samples += video.shape[0]
+        if ema is not None:
+            update_ema(ema, model, min(tc.ema_decay, (1 + step) / (10 + step)))
+        window.append(value)
+        samples += tc.batch_size
         bar.update(1)
+        if not main:
+            continue
         if step % tc.log_every == 0 or step == tc.steps:
             elapsed = time.perf_counter() - t0
             stats = {"step": step, "loss": float(np.mean(window)), "lr": lr, "grad_norm": float(grad_norm),
@@ -128,7 +178,16 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
         if step % tc.ckpt_every == 0 or step == tc.steps:
             _save(run_dir, cfg, model, ema, opt, step)
     bar.close()
+    if parallel:  # every rank returns once rank 0's last checkpoint is on disk
+        torch.distributed.barrier(ctx.group)
     return stats
+
+
+def _global_loss(loss: Tensor, share: float, ctx: "DistContext") -> float:
+    """The loss of the whole global batch: this rank's loss weighted by its share, summed over ranks."""
+    value = loss.detach().float().reshape(1) * share
+    torch.distributed.all_reduce(value, group=ctx.group)
+    return value.item()
 
 
 def _save(run_dir: Path, cfg: Config, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
