@@ -37,7 +37,9 @@ def _one_thread():
 
 def vin(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`python -m vin ARGS` in a fresh process."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    # this checkout's code first, whatever is installed (a relative PYTHONPATH=src breaks in cwd)
+    path = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=path)
     return subprocess.run([sys.executable, "-m", "vin", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 

@@ -239,3 +239,14 @@ def test_stream_resumes_exactly() -> None:
     i, v, c = first[2]
     expected, captions, _ = make_batch(3, 2, 2, v.shape[2], CFG)
     assert torch.equal(v, expected) and c == captions
+
+
+def test_batch_rows_are_the_same_videos_and_captions():
+    """A data-parallel process renders only its rows of a batch, and gets exactly those rows."""
+    cfg = DataConfig(height=16, width=16)
+    video, captions, _ = make_batch(3, 7, 5, 6, cfg)
+    for lo, hi in [(0, 2), (2, 5), (4, 5)]:
+        part, part_captions, _ = make_batch(3, 7, 5, 6, cfg, rows=(lo, hi))
+        assert torch.equal(part, video[lo:hi]) and part_captions == captions[lo:hi]
+    with pytest.raises(ValueError, match="rows"):
+        make_batch(3, 7, 5, 6, cfg, rows=(3, 3))
