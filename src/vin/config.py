@@ -107,13 +107,29 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The whole model. `prediction` is what the DiT's output means:
+
+    - "data" (default): the DiT predicts the clean chunk x0 and `VINModel.denoise_chunks` returns the
+      velocity (x_t - x0_hat) / max(t, prediction_t_min). In pixel space the patch (3*2*4*4 = 96
+      values) is nearly as wide as the DiT (128 at VIN-S): predicting velocity means carrying the
+      full-dimensional noise through the network, which a small DiT cannot do, and samples come
+      out as patch-sized blocks of noise colours (measured: docs/RESULTS.md). Clean data lies on a
+      low-dimensional manifold and is easy to output (Li & He 2025, "Back to Basics: Let Denoising
+      Generative Models Denoise", JiT). The loss stays on velocity.
+    - "velocity": the DiT's output is the velocity itself (SD3 / flux style, for latent spaces).
+    """
+
     channels: int = 3
     chunk_frames: int = 8  # the DiT's native window; positions are chunk-local
     dit: DiTConfig = field(default_factory=DiTConfig)
     vin: VINConfig = field(default_factory=VINConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    prediction: str = "data"
+    prediction_t_min: float = 0.05
 
     def __post_init__(self) -> None:
+        _check(self.prediction in ("data", "velocity"), f"model.prediction must be data or velocity, got {self.prediction!r}")
+        _check(0.0 < self.prediction_t_min <= 1.0, f"model.prediction_t_min must be in (0, 1], got {self.prediction_t_min}")
         _check(self.chunk_frames % self.dit.patch_t == 0,
                f"model.chunk_frames ({self.chunk_frames}) must be divisible by dit.patch_t ({self.dit.patch_t})")
 

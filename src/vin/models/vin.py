@@ -45,8 +45,16 @@ class VINModel(nn.Module):
         elif text.tokens.shape[0] != B * n:
             raise ValueError(f"text batch {text.tokens.shape[0]} is neither videos ({B}) nor chunks ({B * n})")
         z = None if global_tokens is None else global_tokens.repeat_interleave(n, dim=0)
-        v = self.dit(rearrange(chunks, "b n c f h w -> (b n) c f h w"), t.repeat_interleave(n), text, z, t_pos)
-        return rearrange(v, "(b n) c f h w -> b n c f h w", b=B)
+        out = self.dit(rearrange(chunks, "b n c f h w -> (b n) c f h w"), t.repeat_interleave(n), text, z, t_pos)
+        return self.to_velocity(chunks, t, rearrange(out, "(b n) c f h w -> b n c f h w", b=B))
+
+    def to_velocity(self, x_t: Tensor, t: Tensor, out: Tensor) -> Tensor:
+        """The DiT output -> velocity. x_t, out: (B, ...), t: (B,). For prediction="data" the output is
+        x0_hat and v = (x_t - x0_hat) / max(t, t_min) (the clamp bounds the loss weight 1/t^2 near data)."""
+        if self.cfg.prediction == "velocity":
+            return out
+        t = t.to(torch.float32).clamp(min=self.cfg.prediction_t_min).reshape(-1, *([1] * (x_t.dim() - 1)))
+        return ((x_t.float() - out.float()) / t).to(out.dtype)
 
 
 def parameter_count(module: nn.Module) -> int:
