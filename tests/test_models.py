@@ -358,7 +358,8 @@ def test_read_sees_only_keyframes():
 
 
 def test_read_takes_no_layout():
-    assert list(inspect.signature(VINModel.read).parameters) == ["self", "x_t", "t", "text"]
+    # the only extra argument is the inference-time keyframe-stride ablation, not a chunk layout
+    assert list(inspect.signature(VINModel.read).parameters) == ["self", "x_t", "t", "text", "keyframe_stride"]
     assert list(inspect.signature(VINModel.denoise_chunks).parameters)[:5] == [
         "self", "chunks", "t", "text", "global_tokens"]
 

@@ -14,8 +14,8 @@ from vin.config import Config, SampleConfig
 from vin.data.video_io import VIDEO_SUFFIXES, frame_strip, to_uint8, write_video
 from vin.fileio import atomic_write_text
 from vin.models.vin import VINModel
-from vin.sampling.chunking import boundaries, chunk_layout
-from vin.sampling.vin_parallel import sample_vin
+from vin.sampling.chunking import boundaries
+from vin.sampling.strategies import get_strategy, progress_steps, strategy_layout
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 DEFAULT_CHECKPOINT = PACKAGE_WEIGHTS / "vin-s.safetensors"
@@ -37,8 +37,11 @@ def output_paths(out: Path, count: int) -> list[Path]:
 def generate(prompts: list[str], sample: SampleConfig, out: str | Path, checkpoint: str | Path | None = None,
              device: str = "cpu", use_global: bool = True, strip: bool = True, scale: int = 8,
              progress: bool = True) -> list[Path]:
-    """Generate one video per prompt; writes the video(s), `<out>.json` (resolved config) and
-    optionally `<out>.png` (a frame strip with chunk boundaries marked). Returns the written paths.
+    """Generate one video per prompt with the strategy `sample.strategy`; writes the video(s),
+    `<out>.json` (resolved config, strategy included) and optionally `<out>.png` (a frame strip
+    with chunk boundaries marked). A prompt may be a schedule "a; b; c" (one prompt per chunk, for
+    the chunked strategies). `use_global=False` is `sample.global_tokens="none"`. Returns the
+    written paths.
 
     Everything that can be checked (paths, chunk layout, checkpoint) is checked before sampling,
     so bad input writes nothing.
@@ -55,15 +58,21 @@ def generate(prompts: list[str], sample: SampleConfig, out: str | Path, checkpoi
     model, cfg = load_model(checkpoint, device)
     F = sample.chunk_frames or cfg.model.chunk_frames
     sample = replace(sample, chunk_frames=F)
-    layout = chunk_layout(sample.frames, F, sample.overlap)
+    if not use_global:
+        sample = replace(sample, global_tokens="none")
+    sampler = get_strategy(sample.strategy)
+    layout = strategy_layout(sample, F)
     if F % cfg.model.dit.patch_t:
         raise ValueError(f"chunk_frames ({F}) must be divisible by the model's temporal patch ({cfg.model.dit.patch_t})")
 
-    bar = tqdm(total=sample.steps, desc=f"sample {sample.frames} frames, {len(layout)} chunks",
+    bar = tqdm(total=progress_steps(sample, F),
+               desc=f"{sample.strategy}: {sample.frames} frames, {len(layout)} window{'s' * (len(layout) > 1)}",
                disable=not progress, dynamic_ncols=True)
-    video = sample_vin(model, prompts, sample, (cfg.data.height, cfg.data.width), device,
-                       progress=lambda i, t: bar.update(1), use_global=use_global)
-    bar.close()
+    try:
+        video = sampler(model, prompts, sample, (cfg.data.height, cfg.data.width), device,
+                        progress=lambda i, t: bar.update(1))
+    finally:
+        bar.close()
 
     written = []
     every = max(1, sample.frames // 32)
@@ -73,7 +82,8 @@ def generate(prompts: list[str], sample: SampleConfig, out: str | Path, checkpoi
         if strip:
             written.append(frame_strip(frames, path.with_suffix(".png"), boundaries=boundaries(layout),
                                        every=every, scale=4, title=prompt[:100]))
-    record = {"checkpoint": str(checkpoint), "prompts": prompts, "use_global": use_global,
+    record = {"checkpoint": str(checkpoint), "prompts": prompts, "strategy": sample.strategy,
+              "use_global": sample.global_tokens != "none",
               "layout": [list(w) for w in layout], "sample": asdict(sample), "model_config": cfg.to_dict()}
     meta = out.with_suffix(".json")
     atomic_write_text(meta, json.dumps(record, indent=2))
