@@ -22,7 +22,10 @@ from vin.sampling.chunking import chunk_layout
 
 REPO = Path(__file__).resolve().parents[1]
 XS_YAML = REPO / "configs" / "vin-xs.yaml"
-TRAIN_ARGS = ["--config", str(XS_YAML), "--train.steps=2", "--train.batch_size=2", "--train.chunks=[2]", "--quiet"]
+# Velocity prediction: a 2-step model then predicts v ~ 0 and its "video" is the initial noise, so
+# seeds and prompts visibly matter. (With prediction=data it would output the mean: a grey video.)
+TRAIN_ARGS = ["--config", str(XS_YAML), "--train.steps=2", "--train.batch_size=2", "--train.chunks=[2]",
+              "--model.prediction=velocity", "--quiet"]
 GEN_ARGS = ["--steps", "2", "--frames", "20", "--scale", "2", "--quiet"]
 CKPT = "run/checkpoints/step-0000002.safetensors"
 

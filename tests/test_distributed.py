@@ -31,12 +31,20 @@ pytestmark = pytest.mark.multiprocess
 
 H = W = 16
 CAPTIONS = ["a red ball bouncing", "two blue squares"]
-CASES = {  # name -> sample config; 16 frames / overlap 4 = 3 chunks (odd), fusion early then owner
-    "3 chunks, fusion": SampleConfig(frames=16, chunk_frames=8, overlap=4, steps=3, seed=1),
-    "heun, cfg, 5 chunks": SampleConfig(frames=23, chunk_frames=8, overlap=5, steps=2, solver="heun",
-                                        cfg=2.0, fusion="always", seed=2),
-    "1 chunk (rank 1 idle)": SampleConfig(frames=8, chunk_frames=8, overlap=4, steps=2, cfg=1.5,
-                                          cfg_global="shared", seed=3),
+SCHEDULE = ["a red ball bouncing; two blue squares; a green tree", "one white cat"]
+CASES = {  # name -> (sample config, captions); 16 frames / overlap 4 = 3 chunks (odd), fusion early then owner
+    "3 chunks, fusion": (SampleConfig(frames=16, chunk_frames=8, overlap=4, steps=3, seed=1), CAPTIONS),
+    "heun, cfg, 5 chunks": (SampleConfig(frames=23, chunk_frames=8, overlap=5, steps=2, solver="heun",
+                                         cfg=2.0, fusion="always", seed=2), CAPTIONS),
+    "1 chunk (rank 1 idle)": (SampleConfig(frames=8, chunk_frames=8, overlap=4, steps=2, cfg=1.5,
+                                           cfg_global="shared", seed=3), CAPTIONS),
+    # main's switches of the vin strategy: per-chunk prompts split 3 + 2 over the ranks, a read stride
+    "schedule, cfg, keyframe stride 3": (SampleConfig(frames=23, chunk_frames=8, overlap=5, steps=2, cfg=2.0,
+                                                      keyframe_stride=3, seed=4), SCHEDULE),
+    "global tokens zeros": (SampleConfig(frames=16, chunk_frames=8, overlap=4, steps=2, global_tokens="zeros",
+                                         seed=5), CAPTIONS),
+    "global tokens none": (SampleConfig(frames=16, chunk_frames=8, overlap=4, steps=2, global_tokens="none",
+                                        seed=6), CAPTIONS),
 }
 BYTES_LENGTHS = (16, 28)  # both n*(F-K)+K: every overlap exactly K=4 frames
 
@@ -103,8 +111,8 @@ def _ok(results, world=2):
 def _sampling_worker(ctx):
     model = make_model()
     out = {"videos": {}, "bytes": {}, "reads": {}}
-    for name, sc in CASES.items():
-        out["videos"][name] = sample_vin_distributed(model, CAPTIONS, sc, (H, W), ctx)
+    for name, (sc, captions) in CASES.items():
+        out["videos"][name] = sample_vin_distributed(model, captions, sc, (H, W), ctx)
     for n in BYTES_LENGTHS:
         stats = CommStats()
         sc = SampleConfig(frames=n, chunk_frames=8, overlap=4, steps=2, seed=0)
@@ -130,13 +138,25 @@ def sampled():
 def test_distributed_sampling_equals_single_process(sampled):
     rank0, rank1 = sampled
     model = make_model()
-    for name, sc in CASES.items():
-        want = sample_vin(model, CAPTIONS, sc, (H, W))
+    for name, (sc, captions) in CASES.items():
+        want = sample_vin(model, captions, sc, (H, W))
         got = rank0["videos"][name]
         assert rank1["videos"][name] is None  # only rank 0 gathers
         assert got.shape == want.shape, name
         assert (got - want).abs().max() <= 1e-5, f"{name}: max |diff| {(got - want).abs().max():.2e}"
-        assert (want - sample_vin(model, CAPTIONS, replace(sc, seed=sc.seed + 1), (H, W))).abs().max() > 0.1
+        assert (want - sample_vin(model, captions, replace(sc, seed=sc.seed + 1), (H, W))).abs().max() > 0.1
+
+
+def test_procs_with_another_strategy_is_refused_in_one_line(capsys, tmp_path):
+    from vin.cli import main
+
+    with pytest.raises(ValueError, match="vin strategy only"):
+        sample_vin_distributed(make_model(), CAPTIONS, SampleConfig(strategy="full"), (H, W), None)
+    out = tmp_path / "x.mp4"
+    assert main(["generate", "--procs", "2", "--strategy", "freenoise", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vin: error: multi-process sampling") and "'freenoise'" in err[0]
+    assert not out.exists()
 
 
 def test_distributed_read_equals_single_read(sampled):
@@ -191,7 +211,7 @@ def _fail_worker(ctx, mode, pg_timeout):
     model = make_model()
     t0 = time.monotonic()
     try:
-        sample_vin_distributed(model, CAPTIONS, CASES["3 chunks, fusion"], (H, W), ctx)
+        sample_vin_distributed(model, CAPTIONS, CASES["3 chunks, fusion"][0], (H, W), ctx)
     except DistributedError as e:
         return str(e), time.monotonic() - t0
     return "finished?", time.monotonic() - t0

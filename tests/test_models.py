@@ -116,7 +116,23 @@ def test_denoise_and_read_shapes(inject):
                     text.take(torch.arange(2).repeat_interleave(len(layout))),
                     z.repeat_interleave(len(layout), 0))
     assert out.shape == flat.shape
-    torch.testing.assert_close(out.view_as(v), v, rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.to_velocity(chunks, times(), out.view_as(v)), v, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("t", [0.02, 0.3, 1.0])
+def test_data_prediction_gives_the_velocity_of_the_straight_path(t):
+    """prediction="data": a DiT output equal to the true x0 gives exactly the true velocity eps - x0
+    (for t above the clamp); below the clamp, the velocity is (x_t - x0) / t_min."""
+    model = make_model()
+    assert model.cfg.prediction == "data"
+    x0, eps = video(8), torch.randn(2, 3, 8, 16, 16, generator=torch.Generator().manual_seed(3))
+    tt = torch.full((2,), t)
+    x_t = (1 - t) * x0 + t * eps
+    v = model.to_velocity(x_t, tt, x0)
+    expected = eps - x0 if t >= model.cfg.prediction_t_min else (x_t - x0) / model.cfg.prediction_t_min
+    torch.testing.assert_close(v, expected, rtol=0, atol=1e-5)
+    velocity_model = make_model("model.prediction=velocity")
+    assert torch.equal(velocity_model.to_velocity(x_t, tt, eps - x0), eps - x0)
 
 
 def test_chunk_dit_rejects_bad_chunks():
@@ -342,7 +358,8 @@ def test_read_sees_only_keyframes():
 
 
 def test_read_takes_no_layout():
-    assert list(inspect.signature(VINModel.read).parameters) == ["self", "x_t", "t", "text"]
+    # the only extra argument is the inference-time keyframe-stride ablation, not a chunk layout
+    assert list(inspect.signature(VINModel.read).parameters) == ["self", "x_t", "t", "text", "keyframe_stride"]
     assert list(inspect.signature(VINModel.denoise_chunks).parameters)[:5] == [
         "self", "chunks", "t", "text", "global_tokens"]
 

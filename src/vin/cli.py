@@ -10,7 +10,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from vin.config import SampleConfig, load_config
+from vin.config import STRATEGIES, SampleConfig, load_config
 from vin.distributed import DistributedError, launched_by_torchrun
 
 EPILOG_TRAIN = """Any config field can be overridden as --section.key=value, e.g.
@@ -62,11 +62,15 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
     sample = SampleConfig(frames=args.frames, chunk_frames=args.chunk_frames, overlap=args.overlap,
                           steps=args.steps, solver=args.solver, shift=args.shift, cfg=args.cfg,
                           cfg_global=args.cfg_global, fusion=args.fusion, fusion_span=args.fusion_span,
-                          seed=args.seed)
+                          seed=args.seed, strategy=args.strategy,
+                          global_tokens="none" if args.no_global else args.global_tokens,
+                          keyframe_stride=args.keyframe_stride, positions=args.positions,
+                          attention_limit_gb=args.attention_limit_gb, freenoise_weights=args.freenoise_weights,
+                          spectral_cutoff=args.spectral_cutoff)
     prompts = args.prompt or [DEFAULT_PROMPT]
     _check_device(args.device)
-    kwargs = dict(checkpoint=args.checkpoint, device=args.device, use_global=not args.no_global,
-                  strip=not args.no_strip, scale=args.scale, progress=not args.quiet)
+    kwargs = dict(checkpoint=args.checkpoint, device=args.device, strip=not args.no_strip, scale=args.scale,
+                  progress=not args.quiet)
     if launched_by_torchrun():  # torchrun --nproc_per_node P -m vin generate ...
         if args.procs != 1:
             raise ValueError("--procs spawns local processes; under torchrun use --nproc_per_node instead")
@@ -143,9 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     d = SampleConfig()
-    p = sub.add_parser("generate", help="generate a long video with VIN-parallel sampling")
+    p = sub.add_parser("generate", help="generate a long video (VIN-parallel or another strategy)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint (default: the one shipped with vin)")
-    p.add_argument("--prompt", action="append", help="caption; repeat for several videos")
+    p.add_argument("--strategy", choices=STRATEGIES, default=d.strategy,
+                   help=f"long-video strategy, all on the same weights (default {d.strategy}; see the README)")
+    p.add_argument("--prompt", action="append",
+                   help="caption; repeat for several videos; 'a; b; c' is a schedule (one prompt per chunk, in order)")
     p.add_argument("--frames", type=int, default=d.frames, help=f"video length in frames (default {d.frames})")
     p.add_argument("--chunk-frames", type=int, default=0, help="chunk window (default: the model's)")
     p.add_argument("--overlap", type=int, default=d.overlap, help=f"frames shared by neighbouring chunks (default {d.overlap})")
@@ -159,7 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when overlapping predictions are cross-faded")
     p.add_argument("--fusion-span", type=float, default=d.fusion_span, help="fraction of the trajectory with fusion")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--no-global", action="store_true", help="ablation: run the DiT without global tokens")
+    p.add_argument("--global-tokens", choices=("read", "none", "zeros"), default=d.global_tokens,
+                   help="global tokens the DiT gets: read from the video, none, or zeros (ablations)")
+    p.add_argument("--no-global", action="store_true", help="same as --global-tokens none")
+    p.add_argument("--keyframe-stride", type=int, default=0, help="the read's keyframe stride (default: the model's)")
+    p.add_argument("--positions", choices=("interpolate", "extrapolate"), default=d.positions,
+                   help="full/spectral: temporal positions beyond one chunk")
+    p.add_argument("--attention-limit-gb", type=float, default=d.attention_limit_gb,
+                   help=f"full/spectral: refuse when attention would need more (default {d.attention_limit_gb})")
+    p.add_argument("--freenoise-weights", choices=("flat", "pyramid"), default=d.freenoise_weights,
+                   help="freenoise: how overlapping windows are averaged")
+    p.add_argument("--spectral-cutoff", type=float, default=d.spectral_cutoff,
+                   help="spectral: fraction of temporal frequencies taken from global attention (1 = full)")
     p.add_argument("--out", type=Path, default=Path("outputs/video.mp4"), help="output .mp4 or .gif")
     p.add_argument("--scale", type=int, default=8, help="integer upscaling of the written video")
     p.add_argument("--no-strip", action="store_true", help="do not write the PNG frame strip")

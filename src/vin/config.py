@@ -107,13 +107,29 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The whole model. `prediction` is what the DiT's output means:
+
+    - "data" (default): the DiT predicts the clean chunk x0 and `VINModel.denoise_chunks` returns the
+      velocity (x_t - x0_hat) / max(t, prediction_t_min). In pixel space the patch (3*2*4*4 = 96
+      values) is nearly as wide as the DiT (128 at VIN-S): predicting velocity means carrying the
+      full-dimensional noise through the network, which a small DiT cannot do, and samples come
+      out as patch-sized blocks of noise colours (measured: docs/RESULTS.md). Clean data lies on a
+      low-dimensional manifold and is easy to output (Li & He 2025, "Back to Basics: Let Denoising
+      Generative Models Denoise", JiT). The loss stays on velocity.
+    - "velocity": the DiT's output is the velocity itself (SD3 / flux style, for latent spaces).
+    """
+
     channels: int = 3
     chunk_frames: int = 8  # the DiT's native window; positions are chunk-local
     dit: DiTConfig = field(default_factory=DiTConfig)
     vin: VINConfig = field(default_factory=VINConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    prediction: str = "data"
+    prediction_t_min: float = 0.05
 
     def __post_init__(self) -> None:
+        _check(self.prediction in ("data", "velocity"), f"model.prediction must be data or velocity, got {self.prediction!r}")
+        _check(0.0 < self.prediction_t_min <= 1.0, f"model.prediction_t_min must be in (0, 1], got {self.prediction_t_min}")
         _check(self.chunk_frames % self.dit.patch_t == 0,
                f"model.chunk_frames ({self.chunk_frames}) must be divisible by dit.patch_t ({self.dit.patch_t})")
 
@@ -152,6 +168,8 @@ class TrainConfig:
 
 
 FUSION_MODES = ("early", "mid", "late", "always", "none")
+# Long-video strategies (`vin.sampling.strategies.STRATEGIES` maps each name to its sampler).
+STRATEGIES = ("vin", "full", "independent", "autoregressive", "freenoise", "spectral")
 
 
 @dataclass(frozen=True)
@@ -172,6 +190,23 @@ class SampleConfig:
     fusion: str = "early"
     fusion_span: float = 0.6
     seed: int = 0
+    # Which long-video strategy samples (README, "Long-video strategies"); all run the same weights.
+    strategy: str = "vin"
+    # Global tokens handed to the DiT by every strategy but `independent`: "read" (the interface
+    # reads what the strategy's DiT call sees), "none" (the DiT gets none: the paper's "without
+    # global tokens" at inference, and the training-free baselines on the bare chunk DiT), "zeros"
+    # (all-zero interface output: the token slots are kept, their content removed).
+    global_tokens: str = "read"
+    keyframe_stride: int = 0  # the read's keyframe stride; 0: the model's (model.vin.keyframe_stride)
+    # full / spectral run the DiT over more latent frames than a chunk: "interpolate" squeezes the
+    # positions of the whole video into the trained range [0, F/patch_t - 1]; "extrapolate" keeps
+    # integer positions 0..N/patch_t - 1 (beyond what the DiT saw).
+    positions: str = "interpolate"
+    attention_limit_gb: float = 8.0  # full / spectral: refuse when one attention map would exceed this
+    freenoise_weights: str = "pyramid"  # FreeNoise overlap averaging: flat | pyramid
+    # spectral: temporal frequencies up to this fraction of Nyquist come from the global attention
+    # stream, the rest from the windowed one (1.0: all global, i.e. `full`; 0.0: all local).
+    spectral_cutoff: float = 0.25
 
     def __post_init__(self) -> None:
         _check(self.solver in ("euler", "heun"), f"sample.solver must be euler or heun, got {self.solver!r}")
@@ -180,6 +215,13 @@ class SampleConfig:
         _check(self.steps >= 1, f"sample.steps must be >= 1, got {self.steps}")
         _check(0.0 <= self.fusion_span <= 1.0, f"sample.fusion_span must be in [0, 1], got {self.fusion_span}")
         _check(self.shift > 0, f"sample.shift must be > 0, got {self.shift}")
+        _check(self.strategy in STRATEGIES, f"sample.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        _check(self.global_tokens in ("read", "none", "zeros"), f"sample.global_tokens must be read, none or zeros, got {self.global_tokens!r}")
+        _check(self.keyframe_stride >= 0, f"sample.keyframe_stride must be >= 0 (0: the model's), got {self.keyframe_stride}")
+        _check(self.positions in ("interpolate", "extrapolate"), f"sample.positions must be interpolate or extrapolate, got {self.positions!r}")
+        _check(self.attention_limit_gb > 0, f"sample.attention_limit_gb must be > 0, got {self.attention_limit_gb}")
+        _check(self.freenoise_weights in ("flat", "pyramid"), f"sample.freenoise_weights must be flat or pyramid, got {self.freenoise_weights!r}")
+        _check(0.0 <= self.spectral_cutoff <= 1.0, f"sample.spectral_cutoff must be in [0, 1], got {self.spectral_cutoff}")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ plus O(B x overlap x frame) for the halo both ways. Rank 0 gathers the owned fra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -35,8 +35,9 @@ from vin.distributed.group import CommStats, DistContext, collective, global_ran
 from vin.models.text import TextEmbedding
 from vin.models.vin import VINModel
 from vin.sampling.chunking import Layout, chunk_layout, fusion_weights, merge_chunks
+from vin.sampling.common import Conditioning, Progress, encode, resolve_chunk_frames
 from vin.sampling.noise import video_noise
-from vin.sampling.vin_parallel import Progress, chunk_velocity, fusion_active
+from vin.sampling.vin_parallel import chunk_velocity, fusion_active
 
 
 @dataclass(frozen=True)
@@ -116,16 +117,18 @@ def allreduce_attention(ctx: DistContext, out: Tensor, lse: Tensor, stats: CommS
 
 
 def distributed_read(model: VINModel, ctx: DistContext, x_own: Tensor, start: int, num_frames: int,
-                     t: Tensor, text: TextEmbedding, stats: CommStats | None = None) -> Tensor | None:
+                     t: Tensor, text: TextEmbedding, stats: CommStats | None = None,
+                     keyframe_stride: int | None = None) -> Tensor | None:
     """The interface read of the whole video, from this rank's owned frames [start, start + F_own).
 
     x_own (B, C, F_own, H, W) -> global tokens (B, N_global, D), equal on every rank (and to
     `model.read` of the whole video up to float rounding); None for a model without interface.
+    `keyframe_stride` overrides the model's (None: the configured one), as in `model.read`.
     """
     iface = model.interface
     if iface is None:
         return None
-    idx = iface.keyframe_indices(num_frames, start, start + x_own.shape[2])
+    idx = iface.keyframe_indices(num_frames, start, start + x_own.shape[2], stride=keyframe_stride)
     c, q, z0 = iface.read_begin(t, text)
     out, lse = iface.read_attend(q, x_own[:, :, (idx - start).to(x_own.device)], idx, num_frames)
     out, _ = allreduce_attention(ctx, out, lse, stats)
@@ -136,15 +139,18 @@ def distributed_read(model: VINModel, ctx: DistContext, x_own: Tensor, start: in
 def sample_vin_distributed(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: tuple[int, int],
                            ctx: DistContext, progress: Progress | None = None, use_global: bool = True,
                            stats: CommStats | None = None) -> Tensor | None:
-    """`sample_vin` across the ranks of `ctx` (every rank calls it with the same arguments).
+    """`sample_vin` (the `vin` strategy) across the ranks of `ctx` (every rank calls it with the
+    same arguments), with the same switches: cfg.global_tokens (read | none | zeros; or
+    `use_global=False`), cfg.keyframe_stride, fusion, guidance, prompt schedules ("a; b").
 
     Returns the video (B, C, N, H, W) on rank 0 and None on the others. `stats` (optional) counts
     the bytes this rank sends: "read" (all-reduce), "halo" (overlap frames), "gather" (final video).
     """
+    check_strategy(cfg)
+    if not use_global:
+        cfg = replace(cfg, global_tokens="none")
     mc, device = model.cfg, ctx.device
-    F = cfg.chunk_frames or mc.chunk_frames
-    if F % mc.dit.patch_t:
-        raise ValueError(f"chunk_frames ({F}) must be divisible by the model's temporal patch ({mc.dit.patch_t})")
+    F = resolve_chunk_frames(model, cfg)
     N = cfg.frames
     layout = chunk_layout(N, F, cfg.overlap)
     parts = partition(layout, N, ctx.world)
@@ -152,8 +158,8 @@ def sample_vin_distributed(model: VINModel, captions: list[str], cfg: SampleConf
     local = me.local_layout(layout)
     plan = halo_plan(parts)
     weights = {m: fusion_weights(layout, N, m)[me.c0:me.c1].to(device) for m in ("crossfade", "owner")}
-    text = model.encode_text(captions)
-    null_text = model.encode_text([""] * len(captions)) if cfg.cfg != 1.0 else None
+    cond = local_conditioning(encode(model, captions, cfg, len(layout), "vin"), len(layout), me.c0, me.c1)
+    stride = cfg.keyframe_stride or None
     h, w = frame_size
     B, C = len(captions), mc.channels
     x = video_noise(cfg.seed, B, C, range(me.a, me.b), h, w, device)
@@ -162,7 +168,7 @@ def sample_vin_distributed(model: VINModel, captions: list[str], cfg: SampleConf
         return torch.empty(B, C, frames, h, w, device=device)
 
     def read(xs: Tensor, tt: Tensor, texts: TextEmbedding) -> Tensor | None:
-        return distributed_read(model, ctx, xs[:, :, :me.b - me.a], me.a, N, tt, texts, stats)
+        return distributed_read(model, ctx, xs[:, :, :me.b - me.a], me.a, N, tt, texts, stats, stride)
 
     def velocity(x_own: Tensor, t: float) -> Tensor:
         # 1. the overlap frames my windows need, from their owners (to my right)
@@ -171,7 +177,7 @@ def sample_vin_distributed(model: VINModel, captions: list[str], cfg: SampleConf
         _exchange(ctx, sends, recvs, stats, "halo")
         x_span = torch.cat([x_own] + [buf for _, buf in recvs], dim=2)
         # 2-3. exact read (collective: every rank, with or without chunks), my chunks, my fusion
-        v = chunk_velocity(model, x_span, t, local, text, null_text, cfg, use_global, read=read)
+        v = chunk_velocity(model, x_span, t, local, cond, cfg, read=read)
         mode = "crossfade" if fusion_active(t, cfg.fusion, cfg.fusion_span) else "owner"
         v_span = merge_chunks(v, local, weights[mode]) if local else empty(0)
         # 4. weighted predictions of frames I do not own go to their owners; add what comes to me
@@ -185,6 +191,23 @@ def sample_vin_distributed(model: VINModel, captions: list[str], cfg: SampleConf
 
     x = sample_ode(velocity, x, timestep_schedule(cfg.steps, cfg.shift), cfg.solver, progress)
     return gather_frames(ctx, x, parts, stats)
+
+
+def check_strategy(cfg: SampleConfig) -> None:
+    """Multi-process sampling is the `vin` strategy's; refuse any other in one line."""
+    if cfg.strategy != "vin":
+        raise ValueError(f"multi-process sampling (--procs, torchrun) runs the vin strategy only, "
+                         f"not {cfg.strategy!r}; use one process for it")
+
+
+def local_conditioning(cond: Conditioning, num_chunks: int, c0: int, c1: int) -> Conditioning:
+    """The DiT captions of chunks [c0, c1) only, when they are per chunk (a prompt schedule: rows
+    video-major, B*n); per-video captions (and the read's) are kept whole."""
+    if cond.chunk_text.tokens.shape[0] == cond.batch:
+        return cond
+    rows = torch.tensor([b * num_chunks + k for b in range(cond.batch) for k in range(c0, c1)], dtype=torch.long)
+    take = lambda e: None if e is None else e.take(rows.to(e.tokens.device))  # noqa: E731
+    return replace(cond, chunk_text=take(cond.chunk_text), chunk_null=take(cond.chunk_null))
 
 
 def gather_frames(ctx: DistContext, x_own: Tensor, parts: list[Part], stats: CommStats | None = None) -> Tensor | None:

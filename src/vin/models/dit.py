@@ -19,7 +19,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vin.config import ModelConfig
-from vin.models.layers import AdaLNBlock, Attention, FinalLayer, TimestepEmbedder, sincos_3d
+from vin.models.layers import AdaLNBlock, AttendFn, Attention, FinalLayer, TimestepEmbedder, sincos_3d
 from vin.models.text import TextEmbedding, key_padding_bias
 
 _GATE_EPS = 1e-12  # log(0 + eps) = -27.6: the keys carry weight 1e-12, i.e. none in float32
@@ -59,13 +59,15 @@ class ChunkDiT(nn.Module):
                 self.cross = nn.ModuleList(_GatedCrossAttention(d.width, d.heads) for _ in range(d.depth))
 
     def forward(self, x: Tensor, t: Tensor, text: TextEmbedding, global_tokens: Tensor | None = None,
-                t_pos: Tensor | None = None) -> Tensor:
+                t_pos: Tensor | None = None, attend: AttendFn | None = None) -> Tensor:
         """Velocity of each chunk.
 
         x: (B, C, F, H, W) noisy chunks; t: (B,) in [0, 1]; text: per-chunk caption embedding (B, ...);
         global_tokens: (B, N_global, D_vin) or None (the plain chunk DiT);
-        t_pos: (F / patch_t,) positions of the latent frames, default 0, 1, 2, ... (chunk-local).
-        Returns (B, C, F, H, W).
+        t_pos: (F / patch_t,) positions of the latent frames, default 0, 1, 2, ... (chunk-local);
+        attend: optional replacement of the softmax in every block's self-attention, called as
+        attend(q, k, v, bias) over the sequence [caption ; global ; video tokens (frame-major)]
+        (None: the trained path; spectral blending uses it). Returns (B, C, F, H, W).
         """
         pt, ps, _ = self.patch
         B, C, F, H, W = x.shape
@@ -95,7 +97,7 @@ class ChunkDiT(nn.Module):
             bias = base_bias
             if n_global:
                 bias = base_bias + self._gate_bias(i, text_len, n_global, seq.shape[1])
-            seq = block(seq, c, bias)
+            seq = block(seq, c, bias, attend)
             if z is not None:
                 seq = seq + self.cross[i](seq, z)
         out = self.final(seq[:, -tokens.shape[1]:], c)

@@ -44,10 +44,12 @@ class VideoInterface(nn.Module):
         self.processor = nn.ModuleList(AdaLNBlock(v.width, v.heads) for _ in range(v.processor_depth))
         self.out_norm = nn.LayerNorm(v.width, eps=1e-6)
 
-    def keyframe_indices(self, num_frames: int, start: int = 0, end: int | None = None) -> Tensor:
-        """Global indices of the keyframes in frames [start, end) of a video of `num_frames`."""
+    def keyframe_indices(self, num_frames: int, start: int = 0, end: int | None = None,
+                         stride: int | None = None) -> Tensor:
+        """Global indices of the keyframes in frames [start, end) of a video of `num_frames`
+        (every `stride`-th frame; None: the configured `keyframe_stride`)."""
         end = num_frames if end is None else end
-        s = self.cfg.keyframe_stride
+        s = stride or self.cfg.keyframe_stride
         first = -(-start // s) * s
         return torch.arange(first, max(first, end), s)  # empty (not an error) when [start, end) holds no keyframe
 
@@ -87,10 +89,11 @@ class VideoInterface(nn.Module):
             seq = block(seq, c, bias)
         return self.out_norm(seq[:, :n])
 
-    def forward(self, x_t: Tensor, t: Tensor, text: TextEmbedding) -> Tensor:
-        """x_t (B, C, N, H, W) the whole noisy video, t (B,) -> Z (B, N_global, D)."""
+    def forward(self, x_t: Tensor, t: Tensor, text: TextEmbedding, keyframe_stride: int | None = None) -> Tensor:
+        """x_t (B, C, N, H, W) the whole noisy video, t (B,) -> Z (B, N_global, D).
+        `keyframe_stride` overrides the configured stride (an inference-time ablation)."""
         n = x_t.shape[2]
-        idx = self.keyframe_indices(n)
+        idx = self.keyframe_indices(n, stride=keyframe_stride)
         c, q, z0 = self.read_begin(t, text)
         out, _ = self.read_attend(q, x_t[:, :, idx.to(x_t.device)], idx, n)
         return self.read_end(out, c, z0, text)

@@ -1,12 +1,16 @@
 """Shared transformer primitives: attention, MLP, adaLN modulation, embeddings.
 
 Attention takes an optional additive bias of shape broadcastable to (B, heads, Lq, Lk); the DiT
-uses it for caption padding and for the zero-initialised gate on the global tokens.
+uses it for caption padding and for the zero-initialised gate on the global tokens. It also takes an
+optional `attend` function that replaces softmax attention itself (same q, k, v, bias in, same
+output shape out): training-free strategies that change *how* tokens attend (spectral blending)
+plug in there without touching the parameters; `attend=None` is the plain path, unchanged.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +76,9 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
+AttendFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]  # (q, k, v, bias) -> (B, H, Lq, d)
+
+
 class Attention(nn.Module):
     """Multi-head attention; self-attention when `context` is None. Optional q/k RMS-norm."""
 
@@ -95,9 +102,15 @@ class Attention(nn.Module):
         k, v = rearrange(self.kv(ctx), "b l (two h d) -> two b h l d", two=2, h=self.heads)
         return self.q_norm(q), self.k_norm(k), v
 
-    def forward(self, x: Tensor, context: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, bias: Tensor | None = None,
+                attend: AttendFn | None = None) -> Tensor:
+        """`attend(q, k, v, bias)` (q (B, H, Lq, d), k/v (B, H, Lk, d)) replaces softmax attention
+        when given; None is scaled-dot-product attention."""
         q, k, v = self.qkv(x, context)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if attend is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:
+            out = attend(q, k, v, bias)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
 
 
@@ -134,10 +147,11 @@ class AdaLNBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x: Tensor, c: Tensor, bias: Tensor | None = None) -> Tensor:
-        """x (B, L, D), c (B, D) conditioning, bias broadcastable to (B, heads, L, L)."""
+    def forward(self, x: Tensor, c: Tensor, bias: Tensor | None = None, attend: AttendFn | None = None) -> Tensor:
+        """x (B, L, D), c (B, D) conditioning, bias broadcastable to (B, heads, L, L); `attend`
+        optionally replaces the self-attention's softmax (see `Attention.forward`)."""
         s1, sc1, g1, s2, sc2, g2 = self.ada(c).chunk(6, dim=-1)
-        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), s1, sc1), bias=bias)
+        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), s1, sc1), bias=bias, attend=attend)
         return x + g2[:, None] * self.mlp(modulate(self.norm2(x), s2, sc2))
 
 

@@ -4,23 +4,22 @@ Per solver step: ONE read of the whole noisy video -> global tokens -> all chunk
 batched call -> overlapping predictions fused (linear cross-fade while fusion is active, else each
 overlap frame from the earlier chunk) -> one solver step on the whole video. The overlap at
 inference may exceed the training context (the paper: 8 -> 12 latent frames).
+Cost per solver step: one read + n chunk passes of the DiT (n = number of chunks), batched.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from vin.config import SampleConfig
-from vin.diffusion.flow import guided, sample_ode, timestep_schedule
-from vin.models.text import TextEmbedding
+from vin.diffusion.flow import sample_ode, timestep_schedule
 from vin.models.vin import VINModel
-from vin.sampling.chunking import chunk_layout, fusion_weights, merge_chunks, split_chunks
+from vin.sampling.chunking import Layout, chunk_layout, fusion_weights, merge_chunks, split_chunks
+from vin.sampling.common import Conditioning, Progress, ReadFn, encode, guided_velocity, resolve_chunk_frames
 from vin.sampling.noise import video_noise
-
-Progress = Callable[[int, float], None]
 
 
 def fusion_active(t: float, mode: str, span: float) -> bool:
@@ -38,57 +37,44 @@ def fusion_active(t: float, mode: str, span: float) -> bool:
     raise ValueError(f"unknown fusion mode {mode!r}")
 
 
-def chunk_velocity(model: VINModel, x: Tensor, t: float, layout, text: TextEmbedding,
-                   null_text: TextEmbedding | None, cfg: SampleConfig, use_global: bool = True,
-                   read: Callable[[Tensor, Tensor, TextEmbedding], Tensor | None] | None = None) -> Tensor | None:
-    """Per-chunk velocities (B, n, C, F, H, W) at time t, with classifier-free guidance if enabled.
+def chunk_velocity(model: VINModel, x: Tensor, t: float, layout: Layout, cond: Conditioning,
+                   cfg: SampleConfig, read: ReadFn | None = None) -> Tensor | None:
+    """Per-chunk velocities (B, n, C, F, H, W) of the video x (B, C, N, H, W) at time t: the global
+    tokens read from the whole x (per cfg.global_tokens), classifier-free guidance if enabled.
 
-    `read(x, t, text) -> global tokens` defaults to `model.read` of x; the multi-process sampler
-    passes its exact distributed read (a collective). With an empty `layout` (a process holding no
-    chunk) only the read runs - every process must take part in it - and None is returned.
-    """
-    read = model.read if read is None else read
-    B = x.shape[0]
-    guidance = null_text is not None
-    xs = torch.cat([x, x]) if guidance else x
-    texts = TextEmbedding.cat([text, null_text]) if guidance else text
-    tt = torch.full((xs.shape[0],), t, device=x.device)
-    z = None
-    if use_global:
-        if guidance and cfg.cfg_global == "shared":
-            z = read(x, tt[:B], text)
-            z = None if z is None else torch.cat([z, z])
-        else:
-            z = read(xs, tt, texts)
-    if not layout:
-        return None
-    v = model.denoise_chunks(split_chunks(xs, layout), tt, texts, z)
-    return guided(v[:B], v[B:], cfg.cfg) if guidance else v
+    `read` replaces the model's read of x (the multi-process sampler passes its exact distributed
+    read, a collective). With an empty `layout` (a process holding no chunk) only the read runs -
+    every process must take part in it - and None is returned."""
+    def call(xs: Tensor, tt: Tensor, text, z: Tensor | None) -> Tensor:
+        return model.denoise_chunks(split_chunks(xs, layout), tt, text, z)
+
+    return guided_velocity(model, x, t, cond, cfg, call if layout else None, read=read)
 
 
 @torch.no_grad()
-def sample_vin(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: tuple[int, int],
-               device: str | torch.device = "cpu", progress: Progress | None = None,
-               use_global: bool = True) -> Tensor:
-    """Generate len(captions) videos of cfg.frames frames of frame_size (H, W) -> (B, C, N, H, W).
-
-    `use_global=False` runs the same DiT with no global tokens (the ablation at inference time).
-    """
-    mc = model.cfg
-    F = cfg.chunk_frames or mc.chunk_frames
+def sample(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: tuple[int, int],
+           device: str | torch.device = "cpu", progress: Progress | None = None) -> Tensor:
+    """VIN-parallel sampling of len(captions) videos of cfg.frames frames of frame_size (H, W)
+    -> (B, C, N, H, W). Ablation switches: cfg.global_tokens (read | none | zeros), cfg.fusion and
+    cfg.fusion_span, cfg.overlap, cfg.keyframe_stride. Captions may be prompt schedules ("a; b")."""
+    F = resolve_chunk_frames(model, cfg)
     layout = chunk_layout(cfg.frames, F, cfg.overlap)
-    if F % mc.dit.patch_t:
-        raise ValueError(f"chunk_frames ({F}) must be divisible by the model's temporal patch ({mc.dit.patch_t})")
     weights = {mode: fusion_weights(layout, cfg.frames, mode).to(device) for mode in ("crossfade", "owner")}
-    text = model.encode_text(captions)
-    null_text = model.encode_text([""] * len(captions)) if cfg.cfg != 1.0 else None
+    cond = encode(model, captions, cfg, len(layout), "vin")
     h, w = frame_size
-    x = video_noise(cfg.seed, len(captions), mc.channels, cfg.frames, h, w, device)
+    x = video_noise(cfg.seed, len(captions), model.cfg.channels, cfg.frames, h, w, device)
 
     def velocity(x: Tensor, t: float) -> Tensor:
-        v = chunk_velocity(model, x, t, layout, text, null_text, cfg, use_global)
+        v = chunk_velocity(model, x, t, layout, cond, cfg)
         mode = "crossfade" if fusion_active(t, cfg.fusion, cfg.fusion_span) else "owner"
         return merge_chunks(v, layout, weights[mode])
 
     return sample_ode(velocity, x, timestep_schedule(cfg.steps, cfg.shift), cfg.solver, progress)
 
+
+def sample_vin(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: tuple[int, int],
+               device: str | torch.device = "cpu", progress: Progress | None = None,
+               use_global: bool = True) -> Tensor:
+    """`sample`, with the older switch: `use_global=False` is cfg.global_tokens="none"."""
+    return sample(model, captions, cfg if use_global else replace(cfg, global_tokens="none"), frame_size,
+                  device, progress)
