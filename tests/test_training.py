@@ -371,3 +371,27 @@ def test_nonfinite_loss_raises(tmp_path):
     cfg = tiny_cfg("train.steps=3", "train.lr=1.0e+30", "train.grad_clip=0", "train.ckpt_every=100")
     with pytest.raises(FloatingPointError, match="loss became"):
         train(cfg, tmp_path, progress=False)
+
+
+def test_init_from_exported_weights_continues_from_its_step(tmp_path):
+    """A warm start from exported (EMA-only) weights: the new run starts at the file's step with
+    exactly those weights, trains on, and refuses a file of another model config."""
+    from vin.checkpoint import export_weights, load_checkpoint
+    from vin.training.trainer import build_model, checkpoints, train
+
+    cfg = load_config(XS_YAML, ["train.steps=2", "train.batch_size=2", "train.chunks=[2]", "train.log_every=1"])
+    train(cfg, tmp_path / "a", progress=False)
+    exported = export_weights(checkpoints(tmp_path / "a")[-1], tmp_path / "w.safetensors")
+    warm = replace(cfg, train=replace(cfg.train, steps=3, init_from=str(exported)))
+    train(warm, tmp_path / "b", progress=False)
+    logged = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert logged == [3]
+    start = build_model(cfg)
+    load_checkpoint(exported, start, weights="ema")
+    after = build_model(cfg)
+    load_checkpoint(checkpoints(tmp_path / "b")[-1], after, weights="model")
+    moved = [not torch.equal(p, q) for p, q in zip(start.parameters(), after.parameters())]
+    assert any(moved)  # one step of training from the warm start
+    other = replace(warm, model=replace(warm.model, vin=replace(warm.model.vin, num_global=4)))
+    with pytest.raises(CheckpointError, match="num_global"):
+        train(other, tmp_path / "c", progress=False)

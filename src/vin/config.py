@@ -159,6 +159,10 @@ class TrainConfig:
     keep_checkpoints: int = 3
     autocast_bf16: bool = False
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    # Warm start (a new run, not --resume): model and EMA from this checkpoint or exported weights
+    # file (its EMA copy), fresh optimizer with a new warm-up, the step count and the data stream
+    # continuing from the file's step. How the shipped checkpoint is trained further in a fresh clone.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         _check(self.timesteps in ("logit_normal", "uniform"), f"train.timesteps must be logit_normal or uniform, got {self.timesteps!r}")

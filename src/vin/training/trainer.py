@@ -124,6 +124,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     ema = copy.deepcopy(model).requires_grad_(False) if main else None  # identical on every rank: keep one
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
     step = load_checkpoint(existing[-1], model, ema, opt) if resume else 0
+    warm_start = 0
+    if not resume and tc.init_from:
+        step = warm_start = _init_from(cfg, model, ema)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", cfg.to_json())
@@ -146,7 +149,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     while step < tc.steps:
         _, video, captions = next(stream)
         video = video.to(device)
-        lr = tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
+        lr = tc.lr * min(1.0, (step - warm_start + 1) / max(1, tc.warmup_steps))
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast:
@@ -188,6 +191,20 @@ def _global_loss(loss: Tensor, share: float, ctx: "DistContext") -> float:
     value = loss.detach().float().reshape(1) * share
     torch.distributed.all_reduce(value, group=ctx.group)
     return value.item()
+
+
+def _init_from(cfg: Config, model: nn.Module, ema: nn.Module | None) -> int:
+    """Load `cfg.train.init_from` (its EMA weights) into model and EMA; returns its step."""
+    src = Path(cfg.train.init_from)
+    if not src.is_file():
+        raise CheckpointError(f"train.init_from: no checkpoint at {src}")
+    old = checkpoint_config(src)
+    if old.model != cfg.model:
+        raise CheckpointError(f"train.init_from: {src} was trained with a different model config: {_first_diff(old.model, cfg.model)}")
+    step = load_checkpoint(src, model, weights="ema")
+    if ema is not None:
+        ema.load_state_dict(model.state_dict())
+    return step
 
 
 def _save(run_dir: Path, cfg: Config, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
