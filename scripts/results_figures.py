@@ -28,6 +28,10 @@ PROMPTS = [
 ]
 
 
+def _steps(run: Path) -> list[int]:
+    return [int(p.stem.split("-")[1]) for p in checkpoints(run)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vin", type=Path, required=True, help="run directory of the VIN model")
@@ -37,11 +41,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--overlap", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--step", type=int, help="checkpoint step of both runs (default: the newest step both have)")
     args = ap.parse_args()
+    step = args.step or min(_steps(args.vin)[-1], _steps(args.ablation)[-1])
 
     print(plot_losses([args.vin, args.ablation], args.out / "loss.png", labels=["VIN", "no global tokens"],
                       title="training loss, VIN-S/4 on the synthetic sprite world"))
-    models = {name: load_model(checkpoints(run)[-1]) for name, run in (("VIN", args.vin), ("no global", args.ablation))}
+    models = {name: load_model(run / "checkpoints" / f"step-{step:07d}.safetensors")
+              for name, run in (("VIN", args.vin), ("no global", args.ablation))}
     for frames in args.lengths:
         rows = []
         for name, (model, cfg) in models.items():
@@ -57,7 +64,7 @@ def main() -> None:
         layout = chunk_layout(frames, models["VIN"][1].model.chunk_frames, args.overlap)
         print(strips_figure([(label, fr) for _, label, fr in rows], args.out / f"strips-{frames}.png",
                             boundaries=boundaries(layout), every=max(1, frames // 32), scale=3,
-                            title=f"{frames} frames ({len(layout)} chunks of {layout[0][1]}, overlap {args.overlap}), "
+                            title=f"step {step}, {frames} frames ({len(layout)} chunks of {layout[0][1]}, overlap {args.overlap}), "
                                   f"seed {args.seed}; #i = prompt i"))
 
 

@@ -30,13 +30,6 @@ GEN_ARGS = ["--steps", "2", "--frames", "20", "--scale", "2", "--quiet"]
 CKPT = "run/checkpoints/step-0000002.safetensors"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead (and contention)
-    yield
-    torch.set_num_threads(threads)
-
 
 def vin(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`python -m vin ARGS` in a fresh process."""

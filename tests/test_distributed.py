@@ -18,6 +18,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import random_xs_model
 
 from vin.config import SampleConfig, load_config
 from vin.distributed.group import CommStats, DistributedError, collective, free_port, setup_tcp, teardown
@@ -50,14 +51,7 @@ BYTES_LENGTHS = (16, 28)  # both n*(F-K)+K: every overlap exactly K=4 frames
 
 
 def make_model() -> VINModel:
-    model = build_model(load_config(None, [], preset="VIN-XS/4")).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-        model.dit.gates.fill_(1.0)
-    return model
+    return random_xs_model()
 
 
 # ------------------------------------------------------------------------ process harness

@@ -29,14 +29,6 @@ H = W = 16  # divisible by dit.patch_s (4) and vin.patch_s (8) of VIN-XS/4
 CAPTIONS = ["a red ball bouncing", "two blue squares"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only cost (badly so when the cores are busy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_model(*overrides: str, trained: bool = True, seed: int = 0) -> VINModel:
     cfg = load_config(None, list(overrides), preset="VIN-XS/4")

@@ -17,33 +17,18 @@ from vin.models.vin import VINModel
 from vin.sampling.chunking import chunk_layout, split_chunks
 from vin.sampling.noise import video_noise
 from vin.sampling.vin_parallel import fusion_active, sample_vin
-from vin.training.trainer import build_model
+from helpers import random_xs_model
 
 H = W = 16
 CAPTIONS = ["a red ball bouncing", "two blue squares"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only cost (badly so when the cores are busy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def model() -> VINModel:
     """VIN-XS/4 with every zero-initialised parameter (adaLN, final layer, gates) made non-zero,
     so that the velocity, the captions and the global tokens all matter."""
-    m = build_model(load_config(None, [], preset="VIN-XS/4")).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-        m.dit.gates.fill_(1.0)
-    return m
+    return random_xs_model()
 
 
 def sample_cfg(**kw) -> SampleConfig:

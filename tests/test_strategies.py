@@ -27,30 +27,16 @@ from vin.sampling.chunking import chunk_layout, fusion_weights, merge_chunks, sp
 from vin.sampling.common import encode, prompt_schedule, video_positions
 from vin.sampling.noise import video_noise
 from vin.sampling.strategies import STRATEGIES, progress_steps
-from vin.training.trainer import build_model
+from helpers import random_xs_model
 
 H = W = 16
 CAPTIONS = ["a red ball bouncing", "two blue squares"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def model() -> VINModel:
-    m = build_model(load_config(None, [], preset="VIN-XS/4")).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-        m.dit.gates.fill_(1.0)
-    return m
+    return random_xs_model()
 
 
 def sc(**kw) -> SampleConfig:

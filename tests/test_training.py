@@ -29,13 +29,6 @@ TINY = ["data.height=16", "data.width=16", "model.chunk_frames=4", "train.contex
 CKPT_NAME = re.compile(r"^step-\d{7}\.safetensors$")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead (and contention)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_cfg(*extra: str):
     return load_config(XS_YAML, TINY + list(extra))
