@@ -19,6 +19,7 @@ from vin.distributed.sampling import check_strategy, sample_vin_distributed
 from vin.fileio import atomic_write_text
 from vin.models.vin import VINModel
 from vin.sampling.chunking import boundaries
+from vin.sampling.common import resolve_chunk_frames
 from vin.sampling.strategies import get_strategy, progress_steps, strategy_layout
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
@@ -58,8 +59,7 @@ def _prepare(sample: SampleConfig, out: Path, checkpoint: str | Path | None, dev
         sample = replace(sample, global_tokens="none")
     get_strategy(sample.strategy)  # a known name
     layout = strategy_layout(sample, F)
-    if F % cfg.model.dit.patch_t:
-        raise ValueError(f"chunk_frames ({F}) must be divisible by the model's temporal patch ({cfg.model.dit.patch_t})")
+    resolve_chunk_frames(model, sample)  # F fits the temporal patch
     return model, cfg, sample, Path(checkpoint), layout
 
 
