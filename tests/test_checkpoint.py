@@ -273,7 +273,7 @@ def test_missing_config_in_metadata(tmp_path, saved):
         (["model.dit.width=48"], ["shape", "model expects"]),
         (["model.dit.depth=3"], ["missing", "blocks.2"]),
         (["model.dit.depth=1"], ["unexpected", "blocks.1"]),
-        (["model.vin.enabled=false"], ["unexpected", "dit.gates"]),
+        (["model.vin.enabled=false"], ["unexpected", "dit.gate_logits"]),
         (["model.text.vocab_size=300"], ["shape", "text"]),
     ],
 )

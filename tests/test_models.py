@@ -40,7 +40,7 @@ def make_model(*overrides: str, trained: bool = True, seed: int = 0) -> VINModel
 
 def trained_like(model: VINModel, seed: int = 0, std: float = 0.2) -> None:
     """Give every all-zero parameter random values, except the global-token gate of the DiT
-    (concat: `dit.gates`; cross: the output projection of each gated cross-attention)."""
+    (concat: `dit.gate_logits`; cross: the output projection of each gated cross-attention)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -51,15 +51,15 @@ def trained_like(model: VINModel, seed: int = 0, std: float = 0.2) -> None:
 
 
 def is_gate(name: str) -> bool:
-    return name == "dit.gates" or (name.startswith("dit.cross.") and ".attn.proj." in name)
+    return name == "dit.gate_logits" or (name.startswith("dit.cross.") and ".attn.proj." in name)
 
 
 def open_gates(model: VINModel, seed: int = 1) -> None:
-    """What training does to the gate: concat -> gates 1, cross -> random output projection."""
+    """What training does to the gate: concat -> log-weight 0 (w = 1), cross -> random output projection."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         if model.dit.inject == "concat":
-            model.dit.gates.fill_(1.0)
+            model.dit.gate_logits.fill_(0.0)
         else:
             for block in model.dit.cross:
                 for p in block.attn.proj.parameters():
@@ -72,7 +72,7 @@ def plain_copy(model: VINModel) -> VINModel:
     plain = plain.to(next(model.parameters()).dtype)
     result = plain.load_state_dict(model.state_dict(), strict=False)
     assert result.missing_keys == []
-    assert all(k.startswith(("interface.", "dit.gates", "dit.global_proj.", "dit.cross."))
+    assert all(k.startswith(("interface.", "dit.gate_logits", "dit.global_proj.", "dit.cross."))
                for k in result.unexpected_keys)
     return plain
 
@@ -210,8 +210,8 @@ def test_fresh_gate_is_the_plain_dit(inject):
     v = model.denoise_chunks(chunks, times(), text, z)
     v_plain = plain.denoise_chunks(chunks, times(), plain.encode_text(CAPTIONS), None)
     assert v.abs().mean() > 0.1  # the DiT is not the trivial all-zero predictor
-    # concat: the global keys carry weight ~1e-12 (log-gate bias log(0 + 1e-12)) and the sequence is
-    # longer (float32 rounding of the attention sums); cross: the added branch is an exact 0
+    # concat: the global keys carry weight exp(-16) ~ 1e-7 each and the sequence is longer (float32
+    # rounding of the attention sums); cross: the added branch is an exact 0
     if inject == "cross":
         assert torch.equal(v, v_plain)
     else:
@@ -234,7 +234,9 @@ def test_open_gate_changes_the_prediction(inject):
     assert (v - v_plain).abs().max() > 1e-2
 
 
-def test_gate_gradient_at_zero_is_finite_and_matches_finite_difference():
+def test_gate_gradient_is_the_log_weight_derivative():
+    """The gate is a log-weight s on the global keys: at init (s = -16) every block and head gets a
+    finite, non-zero gradient, and at a partly open gate the gradient matches a finite difference."""
     model = make_model("model.vin.inject=concat")
     x = video(16)
     layout = chunk_layout(16, 8, 0)
@@ -247,30 +249,41 @@ def test_gate_gradient_at_zero_is_finite_and_matches_finite_difference():
     def loss() -> torch.Tensor:
         return ((model.denoise_chunks(chunks, times(), text, z) - target) ** 2).mean()
 
-    assert not model.dit.gates.any()
+    gates = model.dit.gate_logits
+    assert torch.equal(gates, torch.full_like(gates, model.cfg.vin.gate_init))
     model.zero_grad()
     loss().backward()
-    grad = model.dit.gates.grad.clone()
-    assert torch.isfinite(grad).all()
-    assert grad.abs().min() > 0  # every block and head gets a signal to open its gate
-    # the gradient is the one-sided derivative at w = 0: check it with a small step w = delta
-    # (float32 loss: delta 1e-2 balances rounding against curvature, a few % of error)
-    delta = 1e-2
+    assert torch.isfinite(gates.grad).all() and gates.grad.abs().min() > 0  # a signal to open every gate
     with torch.no_grad():
-        base = loss().item()
+        gates.fill_(-1.0)
+    model.zero_grad()
+    loss().backward()
+    grad = gates.grad.clone()
+    delta = 1e-2  # central difference in float32
+    with torch.no_grad():
         for block in range(grad.shape[0]):
             for head in range(grad.shape[1]):
-                model.dit.gates[block, head] = delta
-                fd = (loss().item() - base) / delta
-                model.dit.gates[block, head] = 0.0
-                assert fd == pytest.approx(grad[block, head].item(), rel=0.05, abs=1e-4)
-    # a negative gate is clamped to 0 in the forward pass but still receives the gradient
-    with torch.no_grad():
-        model.dit.gates.fill_(-0.5)
-        assert loss().item() == base
-    model.zero_grad()
-    loss().backward()
-    torch.testing.assert_close(model.dit.gates.grad, grad)
+                gates[block, head] = -1.0 + delta
+                up = loss().item()
+                gates[block, head] = -1.0 - delta
+                down = loss().item()
+                gates[block, head] = -1.0
+                assert (up - down) / (2 * delta) == pytest.approx(grad[block, head].item(), rel=0.05, abs=1e-5)
+
+
+def test_linear_gate_checkpoint_loads_as_log_weights():
+    """Checkpoints from before the log-space gate stored `dit.gates` = w >= 0: they load as s = log(w)."""
+    model = make_model("model.vin.inject=concat")
+    state = model.state_dict()
+    w = torch.rand(state["dit.gate_logits"].shape) * 0.05
+    w[0, 0] = -0.3  # a negative stored gate acted as a closed one
+    state["dit.gates"] = w
+    del state["dit.gate_logits"]
+    fresh = make_model("model.vin.inject=concat")
+    fresh.load_state_dict(state)
+    expected = torch.log(w.clamp(min=0) + 1e-12)
+    torch.testing.assert_close(fresh.dit.gate_logits.detach(), expected)
+    assert fresh.dit.gate_logits[0, 0].item() < -27
 
 
 def test_cross_gate_gradient_at_init():

@@ -17,6 +17,7 @@ from torch import nn
 
 from vin.config import Config, ConfigError, config_from_json
 from vin.fileio import atomic_path
+from vin.models.dit import upgrade_state_dict
 
 FORMAT = "vin-checkpoint-v1"
 
@@ -89,7 +90,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, ema: nn.Module | None = 
 
 
 def _load_into(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path) -> None:
-    sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    sub = upgrade_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
     expected = module.state_dict()
     missing = sorted(set(expected) - set(sub))
     extra = sorted(set(sub) - set(expected))

@@ -66,7 +66,9 @@ class VINConfig:
     - `enabled=False` is the paper's "without global tokens" ablation: the same DiT, no interface.
     - `inject` (open question 1): "concat" appends the projected global tokens to every chunk's
       self-attention sequence, the paper's eps([X_t^i, Z_t], t); the chunk tokens see them through
-      a per-head gate that starts at zero, so the untrained model is exactly the plain chunk DiT.
+      a per-block, per-head log-weight on the global keys that starts at `gate_init` (-16: nearly
+      shut, so the untrained model is the plain chunk DiT to float rounding; 0 is plain joint
+      attention).
       "cross" instead adds a zero-initialised cross-attention from chunk tokens to global tokens.
     - `keyframe_stride`: the read's keys/values are the noisy frames 0, s, 2s, ... of the whole video
       (the paper reads one latent keyframe per second, about every 5th latent frame).
@@ -82,6 +84,7 @@ class VINConfig:
     keyframe_stride: int = 4
     patch_s: int = 8
     inject: str = "concat"
+    gate_init: float = -16.0
     time_pos: str = "absolute"
 
     def __post_init__(self) -> None:
@@ -163,12 +166,16 @@ class TrainConfig:
     # file (its EMA copy), fresh optimizer with a new warm-up, the step count and the data stream
     # continuing from the file's step. How the shipped checkpoint is trained further in a fresh clone.
     init_from: str = ""
+    # Learning rate of the global-token gates (log-weights, `dit.gate_logits`) as a multiple of lr:
+    # at lr alone Adam moves them <= lr per step and they stay shut for thousands of steps.
+    gate_lr_mult: float = 100.0
 
     def __post_init__(self) -> None:
         _check(self.timesteps in ("logit_normal", "uniform"), f"train.timesteps must be logit_normal or uniform, got {self.timesteps!r}")
         _check(len(self.chunks) > 0 and min(self.chunks) >= 1, f"train.chunks must be positive counts, got {self.chunks}")
         _check(self.batch_size >= 1 and self.steps >= 0, "train.batch_size must be >= 1 and train.steps >= 0")
         _check(self.threads >= 0, f"train.threads must be >= 0 (0: torch's default), got {self.threads}")
+        _check(self.gate_lr_mult > 0, f"train.gate_lr_mult must be > 0, got {self.gate_lr_mult}")
 
 
 FUSION_MODES = ("early", "mid", "late", "always", "none")

@@ -7,9 +7,13 @@ was trained on, however long the video. The token sequence of one chunk is
 
 with full self-attention over it (the paper's eps([X_t^i, Z_t], t), MM-DiT-like joint attention).
 Only the video tokens are decoded. The chunk tokens see the global tokens through a per-block,
-per-head gate w >= 0 that starts at 0: the global keys get the attention logit bias log(w), so at
-initialisation (w = 0) the model is exactly the plain chunk DiT, and the gradient with respect to w
-is finite there (d softmax / dw at w = 0 is exp(s_z) / sum_x exp(s_x)).
+per-head gate: a learned log-weight s added to the attention logits of the global keys (each global
+key counts exp(s) times). It starts nearly shut (`model.vin.gate_init`, -16: the 32 global keys of
+VIN-S carry a total weight ~4e-6 against one video key), so the untrained model is the plain chunk DiT
+to float rounding, which a pretrained DiT needs when the interface is added. The log-space
+parametrisation matters: a gate w >= 0 on a linear scale moved at most lr per Adam step and stayed
+at w ~ 0.02 after 2250 steps (docs/RESULTS.md); in log space a step changes the weight by a factor,
+and the trainer gives these parameters a larger learning rate (`train.gate_lr_mult`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from vin.config import ModelConfig
 from vin.models.layers import AdaLNBlock, AttendFn, Attention, FinalLayer, TimestepEmbedder, sincos_3d
 from vin.models.text import TextEmbedding, key_padding_bias
 
-_GATE_EPS = 1e-12  # log(0 + eps) = -27.6: the keys carry weight 1e-12, i.e. none in float32
+_GATE_EPS = 1e-12  # checkpoints from before the log-space gate stored w >= 0: s = log(w + eps)
 
 
 def patchify(x: Tensor, patch: tuple[int, int, int]) -> Tensor:
@@ -54,7 +58,8 @@ class ChunkDiT(nn.Module):
         if global_width:
             self.global_proj = nn.Linear(global_width, d.width)
             if self.inject == "concat":
-                self.gates = nn.Parameter(torch.zeros(d.depth, d.heads))
+                self.gate_logits = nn.Parameter(torch.full((d.depth, d.heads), float(cfg.vin.gate_init)))
+                self.register_load_state_dict_pre_hook(_convert_linear_gates)
             else:
                 self.cross = nn.ModuleList(_GatedCrossAttention(d.width, d.heads) for _ in range(d.depth))
 
@@ -104,12 +109,29 @@ class ChunkDiT(nn.Module):
         return unpatchify(out, self.patch, (f, h, w))
 
     def _gate_bias(self, block: int, start: int, n: int, length: int) -> Tensor:
-        """(1, heads, 1, length): log(w) on the global-token keys of `block`, 0 elsewhere."""
-        g = self.gates[block]
-        w = g + (g.clamp(min=0) - g).detach()  # w >= 0; straight-through so a negative g can recover
-        col = torch.zeros(length, device=g.device)
+        """(1, heads, 1, length): the gate log-weight on the global-token keys of `block`, 0 elsewhere."""
+        s = self.gate_logits[block]
+        col = torch.zeros(length, device=s.device)
         col[start:start + n] = 1.0
-        return (torch.log(w + _GATE_EPS)[:, None] * col)[None, :, None, :]
+        return (s[:, None] * col)[None, :, None, :]
+
+
+def upgrade_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Checkpoints from before the log-space gate stored `...gates` = w >= 0: rename them to
+    `...gate_logits` = log(w) (a negative stored w acted as a shut gate). Other keys pass through."""
+    out = {}
+    for key, value in state.items():
+        if key.split(".")[-1] == "gates":
+            key, value = key[:-len("gates")] + "gate_logits", torch.log(value.clamp(min=0) + _GATE_EPS)
+        out[key] = value
+    return out
+
+
+def _convert_linear_gates(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: `upgrade_state_dict` for this module's own keys."""
+    key = prefix + "gates"
+    if key in state_dict:
+        state_dict.update(upgrade_state_dict({key: state_dict.pop(key)}))
 
 
 class _GatedCrossAttention(nn.Module):

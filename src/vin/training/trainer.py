@@ -122,7 +122,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
 
     model = build_model(cfg, device)
     ema = copy.deepcopy(model).requires_grad_(False) if main else None  # identical on every rank: keep one
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(param_groups(model, tc), lr=tc.lr, betas=(0.9, 0.99))
     step = load_checkpoint(existing[-1], model, ema, opt) if resume else 0
     warm_start = 0
     if not resume and tc.init_from:
@@ -151,7 +151,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
         video = video.to(device)
         lr = tc.lr * min(1.0, (step - warm_start + 1) / max(1, tc.warmup_steps))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_mult"]
         with autocast:
             loss = loss_fn(video, captions, step_generator(tc.seed, step), (lo, hi, tc.batch_size) if parallel else None)
         share = (hi - lo) / tc.batch_size
@@ -184,6 +184,17 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     if parallel:  # every rank returns once rank 0's last checkpoint is on disk
         torch.distributed.barrier(ctx.group)
     return stats
+
+
+def param_groups(model: nn.Module, tc: TrainConfig) -> list[dict]:
+    """AdamW groups: the global-token gates (log-weights) at lr * gate_lr_mult without weight decay,
+    everything else at lr with train.weight_decay. Empty groups are left out."""
+    named = list(model.named_parameters())
+    gates = [p for n, p in named if n.endswith("gate_logits")]
+    rest = [p for n, p in named if not n.endswith("gate_logits")]
+    groups = [{"params": rest, "weight_decay": tc.weight_decay, "lr_mult": 1.0},
+              {"params": gates, "weight_decay": 0.0, "lr_mult": tc.gate_lr_mult}]
+    return [g for g in groups if g["params"]]
 
 
 def _global_loss(loss: Tensor, share: float, ctx: "DistContext") -> float:
