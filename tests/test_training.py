@@ -18,7 +18,7 @@ from vin.config import load_config
 from vin.data.synthetic import make_batch
 from vin.models.vin import VINModel
 from vin.training.objective import context_weights, training_loss
-from vin.training.trainer import build_model, checkpoints, train, training_lengths
+from vin.training.trainer import build_model, checkpoints, param_groups, train, training_lengths
 
 REPO = Path(__file__).resolve().parents[1]
 XS_YAML = REPO / "configs" / "vin-xs.yaml"
@@ -241,6 +241,24 @@ def test_gates_get_their_own_learning_rate(tmp_path):
     assert len(meta[1]["params"]) == 1
     train(tiny_cfg("train.steps=1", "model.vin.enabled=false"), tmp_path / "b", progress=False)
     assert len(json.loads(load_file_meta(checkpoints(tmp_path / "b")[-1])["optim_groups"])) == 1
+
+
+def test_a_shut_gate_moves_at_the_gate_learning_rate():
+    """Adam's first step is lr * sign(grad) when eps is negligible: every shut gate (s = -16,
+    gradient ~1e-10) moves by lr * gate_lr_mult. With Adam's default eps 1e-8 it would not move."""
+    cfg = tiny_cfg("train.gate_lr_mult=7")
+    model = _perturb(build_model(cfg))  # a trained-like DiT: an adaLN-zero one sends no gradient to the gates
+    groups = param_groups(model, cfg.train)
+    for g in groups:
+        g["lr"] = cfg.train.lr * g["lr_mult"]
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.99))
+    video, captions = batch(cfg)
+    training_loss(model, video, captions, cfg.train, torch.Generator().manual_seed(0))[0].backward()
+    grad = model.dit.gate_logits.grad.abs()
+    assert (grad > 0).all() and grad.max() < 1e-6  # tiny, but there
+    opt.step()
+    moved = (model.dit.gate_logits.detach() - cfg.model.vin.gate_init).abs()
+    torch.testing.assert_close(moved, torch.full_like(moved, 0.007), rtol=1e-3, atol=0)
 
 
 def load_file_meta(path: Path) -> dict:
