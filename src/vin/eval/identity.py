@@ -1,0 +1,116 @@
+"""Exact identity consistency in the synthetic sprite world (`vin.data.synthetic`).
+
+Per frame, every pixel is mapped to its nearest palette colour (``nearest_palette``; textured
+background pixels, the colour darkened x0.8, map to the same index for all 8 colours, which
+:func:`check_texture_palette` verifies). Then:
+
+* the **background** is the most common palette index (textured pixels included);
+* the **sprites** are the other palette indices that cover at least ``min_area`` pixels after a 2x2
+  erosion. Anti-aliased edges are a ramp 1 px wide whose blended colours can be nearest to a third
+  palette colour (a green sprite on white has a cyan rim); a 1-px-wide band contains no 2x2 block,
+  so the erosion removes it, while the smallest sprite (a small triangle or diamond, 7 px across at
+  32x32) keeps >= 8 px. The default ``min_area`` is ``MIN_AREA_AT_32`` = 3 px at 32x32, scaled by
+  (min(H, W) / 32)^2 like the sprites. The rim stays 1 px wide at any frame size, but a video
+  upscaled with nearest-neighbour (``vin generate`` writes 8x) has 8-px rims: evaluate it at the
+  generated size (`vin.eval.evaluate` downscales such videos first). H.264's yuv420 halves the
+  chroma resolution, which blurs colours over 2 px at edges of native-size videos; at the 8x scale
+  of ``vin generate`` the chroma blocks lie inside the 8x8 pixel blocks and do not touch colours.
+
+The video's majority background and majority sprite set (most common over frames; ties go to the
+first seen) are its identity; ``identity_consistency`` reports the fraction of frames (and of
+chunks, by each chunk's own majority) that agree with it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from vin.data.synthetic import PALETTE_NAMES, PALETTE_RGB, TEXTURE_DARKEN, nearest_palette
+
+MIN_AREA_AT_32 = 3  # eroded pixels at 32x32; the smallest sprite keeps >= 8, rims 0
+_KERNEL = np.ones((2, 2), np.uint8)
+
+
+def check_texture_palette() -> bool:
+    """True if every palette colour darkened by TEXTURE_DARKEN maps back to itself."""
+    dark = np.rint(PALETTE_RGB.astype(np.float32) * TEXTURE_DARKEN).astype(np.uint8)
+    return bool((nearest_palette(dark) == np.arange(len(PALETTE_RGB))).all())
+
+
+def default_min_area(height: int, width: int) -> int:
+    return max(1, round(MIN_AREA_AT_32 * (min(height, width) / 32.0) ** 2))
+
+
+def frame_identity(indices: np.ndarray, min_area: int) -> tuple[int, tuple[int, ...]]:
+    """(background index, sorted sprite indices) of one frame of palette indices (H, W)."""
+    counts = np.bincount(indices.ravel(), minlength=len(PALETTE_RGB))
+    background = int(counts.argmax())
+    sprites = []
+    for c in np.flatnonzero(counts):
+        if c == background or counts[c] < min_area:
+            continue
+        core = cv2.erode((indices == c).astype(np.uint8), _KERNEL, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        if int(core.sum()) >= min_area:
+            sprites.append(int(c))
+    return background, tuple(sprites)
+
+
+def _majority(values: Sequence):
+    return Counter(values).most_common(1)[0][0]  # ties: first seen (Counter keeps insertion order)
+
+
+def _windows(t: int, chunks: Sequence[Sequence[int]] | Sequence[int] | None) -> list[tuple[int, int]]:
+    """Chunk windows from a layout [(start, end), ...] or from boundaries [b1, b2, ...]."""
+    if not chunks:
+        return [(0, t)]
+    if all(isinstance(c, (int, np.integer)) for c in chunks):
+        edges = [0, *sorted(int(b) for b in chunks), t]
+        return [(s, e) for s, e in zip(edges[:-1], edges[1:]) if e > s]
+    return [(int(s), int(e)) for s, e in chunks]
+
+
+def _names(indices: Sequence[int]) -> list[str]:
+    return [PALETTE_NAMES[i] for i in indices]
+
+
+def identity_consistency(frames: np.ndarray, chunks: Sequence[Sequence[int]] | Sequence[int] | None = None,
+                         min_area: int | None = None) -> dict:
+    """Identity of a sprite-world video and how consistently every frame and chunk keeps it.
+
+    ``chunks``: chunk windows ``[(start, end), ...]`` or boundaries ``[b1, b2, ...]`` (None: one
+    chunk). Returns the majority ``background`` (name) and ``sprites`` (names), the fractions of
+    frames whose background / sprite set / both equal the majority (``frames_background``,
+    ``frames_sprites``, ``frames_both``), the same for chunks judged by each chunk's own majority
+    (``chunks_background``, ``chunks_sprites``, ``chunks_both``), the per-chunk majorities and the
+    per-frame identities (``per_frame_background``, ``per_frame_sprites``)."""
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {getattr(frames, 'shape', type(frames).__name__)}")
+    t, h, w, _ = frames.shape
+    min_area = default_min_area(h, w) if min_area is None else int(min_area)
+    indices = nearest_palette(frames)
+    per_frame = [frame_identity(indices[i], min_area) for i in range(t)]
+    bgs = [b for b, _ in per_frame]
+    sprites = [s for _, s in per_frame]
+    maj_bg, maj_sp = _majority(bgs), _majority(sprites)
+    windows = _windows(t, chunks)
+    chunk_majorities = [(_majority(bgs[s:e]), _majority(sprites[s:e])) for s, e in windows]
+    n = len(windows)
+    return {
+        "background": PALETTE_NAMES[maj_bg],
+        "sprites": _names(maj_sp),
+        "min_area": min_area,
+        "frames_background": sum(b == maj_bg for b in bgs) / t,
+        "frames_sprites": sum(s == maj_sp for s in sprites) / t,
+        "frames_both": sum(b == maj_bg and s == maj_sp for b, s in per_frame) / t,
+        "chunks": [list(wd) for wd in windows],
+        "chunks_background": sum(b == maj_bg for b, _ in chunk_majorities) / n,
+        "chunks_sprites": sum(s == maj_sp for _, s in chunk_majorities) / n,
+        "chunks_both": sum(b == maj_bg and s == maj_sp for b, s in chunk_majorities) / n,
+        "chunk_majorities": [{"background": PALETTE_NAMES[b], "sprites": _names(s)} for b, s in chunk_majorities],
+        "per_frame_background": [PALETTE_NAMES[b] for b in bgs],
+        "per_frame_sprites": [_names(s) for s in sprites],
+    }
