@@ -132,6 +132,46 @@ def _plot(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _downscale_arg(value: str) -> str | int:
+    if value == "auto":
+        return value
+    try:
+        k = int(value)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {value!r}")
+    return k
+
+
+def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ValueError(f"unknown arguments: {' '.join(overrides)}")
+    import json
+
+    from vin.eval.evaluate import evaluate_paths, format_table
+    from vin.fileio import atomic_write_text
+
+    if args.chunk_frames is not None and args.chunk_frames < 1:
+        raise ValueError(f"--chunk-frames must be a positive integer, got {args.chunk_frames}")
+    first = Path(args.inputs[0])
+    out = args.out or (first if first.is_dir() else first.parent) / "evaluation.json"
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"--out {out} must end in .json")
+    per_video, summary = evaluate_paths(args.inputs, args.chunk_frames, args.overlap, feature=args.feature,
+                                        flow=args.flow, synthetic=not args.no_synthetic,
+                                        downscale_factor=args.downscale, fps=args.fps)
+    record = {"inputs": [str(p) for p in args.inputs],
+              "settings": {"chunk_frames": args.chunk_frames, "overlap": args.overlap, "feature": args.feature,
+                           "flow": args.flow, "synthetic": not args.no_synthetic, "downscale": args.downscale,
+                           "fps": args.fps},
+              "summary": summary, "videos": per_video}
+    atomic_write_text(out, json.dumps(record, indent=2))
+    print(format_table(per_video, summary))
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vin", description="Long video generation with Video Interface Networks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -201,6 +241,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("evaluate", help="offline long-video metrics (no downloaded weights) of videos or folders",
+                       description="Offline long-video metrics of .mp4/.gif videos (folders: every video inside). "
+                                   "Chunk boundaries come from the .json vin generate writes next to a video, else "
+                                   "from --chunk-frames/--overlap. Writes per-video results and a summary as JSON.")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_FOLDER", help=".mp4/.gif files or folders of them")
+    p.add_argument("--chunk-frames", type=int, help="chunk length, for videos without a vin generate .json")
+    p.add_argument("--overlap", type=int, help="frames shared by neighbouring chunks, with --chunk-frames (default 0)")
+    p.add_argument("--feature", default="pixels",
+                   help="similarity for consistency and drift: pixels, ssim, hist, dino:PATH or clip:PATH (default pixels)")
+    p.add_argument("--flow", choices=("farneback", "dis"), default="farneback", help="optical flow (default farneback)")
+    p.add_argument("--no-synthetic", action="store_true", help="skip the sprite-world identity metrics")
+    p.add_argument("--downscale", type=_downscale_arg, default="auto",
+                   help="undo the upscale of written videos: auto (from the .json or detected), or a factor (1 = none)")
+    p.add_argument("--fps", type=float, help="frame rate for the dynamic-degree sampling (default: the .json's or the file's)")
+    p.add_argument("--out", type=Path, help="output JSON (default: evaluation.json next to the first input)")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("export", help="strip a training checkpoint to its EMA weights + config")
     p.add_argument("checkpoint", type=Path)
