@@ -11,10 +11,9 @@ Files: ``.mp4`` / ``.gif`` (read with `vin.data.video_io.read_video`); a folder 
   neighbour). Metrics are computed at the generated resolution: flow thresholds, SSIM windows and the
   identity rules are in generated pixels, and an 8x video would take 64x the flow time. With
   ``downscale="auto"`` the factor is the sidecar's frame size over the model's
-  (``model_config.data.height``); without a sidecar it is detected (:func:`detect_upscale`:
-  the largest k in 16..2 dividing both sides for which neighbouring pixels inside k x k blocks are
-  equal, within compression noise, while they differ across block edges). An int forces the
-  factor (1 = as stored). Blocks are reduced to their per-channel median.
+  (``model_config.data.height``); without a sidecar it is detected
+  (`vin.eval.resolution.detect_upscale`). An int forces the factor (1 = as stored). Blocks are
+  reduced to their per-channel median.
 * **fps** (for VBench's dynamic-degree frame sampling): the sidecar's ``model_config.data.fps``,
   else the file's frame rate, else 8.
 """
@@ -32,12 +31,9 @@ import numpy as np
 from vin.eval import metrics as M
 from vin.eval.features import get_feature
 from vin.eval.flow import check_method, pair_flows
+from vin.eval.resolution import detect_upscale, downscale
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
-MAX_UPSCALE = 16
-UPSCALE_INSIDE_TOL = 1.0  # grey levels: mean |difference| of neighbours inside blocks, at worst offset
-UPSCALE_EDGE_RATIO = 4.0  # ... and block edges must differ at least this many times more
-UPSCALE_SAMPLE_FRAMES = 16
 DEFAULT_FPS = 8.0
 # scalar metrics, in the order of the JSON and the table
 METRIC_NAMES = (
@@ -127,49 +123,6 @@ def evaluate_frames(frames: np.ndarray, boundaries: Sequence[int] | None = None,
         metrics.update({k: None for k in METRIC_NAMES if k.startswith("identity_")})
     out["metrics"] = {k: metrics[k] for k in METRIC_NAMES}
     return _clean(out)
-
-
-# ---- resolution ---------------------------------------------------------------------------------
-
-def _upscale_evidence(frames: np.ndarray, k: int) -> tuple[float, float]:
-    """(worst mean |neighbour difference| at an offset inside k-blocks, mean at block edges)."""
-    f = frames.astype(np.int16)
-    inside, edge = 0.0, 0.0
-    for axis in (1, 2):
-        d = np.abs(np.diff(f, axis=axis)).mean(axis=tuple(a for a in (0, 1, 2, 3) if a != axis))
-        pos = np.arange(len(d)) % k  # pair (j, j+1) straddles a block edge iff j % k == k - 1
-        inside = max(inside, max(float(d[pos == o].mean()) for o in range(k - 1)))
-        edge = max(edge, float(d[pos == k - 1].mean()))
-    return inside, edge
-
-
-def detect_upscale(frames: np.ndarray, max_factor: int = MAX_UPSCALE) -> int:
-    """The integer factor k by which ``frames`` look nearest-neighbour upscaled (1 if none): the
-    largest k in max_factor..2 dividing H and W whose blocks are flat inside (worst mean neighbour
-    difference <= UPSCALE_INSIDE_TOL grey levels, tolerating compression) while block edges differ
-    UPSCALE_EDGE_RATIO times more (a flat video is not called upscaled)."""
-    f = M._check(frames)
-    t, h, w, _ = f.shape
-    sample = f[np.unique(np.linspace(0, t - 1, min(t, UPSCALE_SAMPLE_FRAMES)).round().astype(int))]
-    for k in range(min(max_factor, h, w), 1, -1):
-        if h % k or w % k:
-            continue
-        inside, edge = _upscale_evidence(sample, k)
-        if inside <= UPSCALE_INSIDE_TOL and edge >= UPSCALE_EDGE_RATIO * max(inside, 0.1):
-            return k
-    return 1
-
-
-def downscale(frames: np.ndarray, factor: int) -> np.ndarray:
-    """Undo a nearest-neighbour upscale: each factor x factor block -> its per-channel median."""
-    f = M._check(frames)
-    if factor == 1:
-        return f
-    t, h, w, c = f.shape
-    if h % factor or w % factor:
-        raise ValueError(f"cannot downscale {h}x{w} frames by {factor}: not a divisor of both sides")
-    blocks = f.reshape(t, h // factor, factor, w // factor, factor, c)
-    return np.rint(np.median(blocks, axis=(2, 4))).astype(np.uint8)
 
 
 # ---- files --------------------------------------------------------------------------------------
@@ -265,7 +218,10 @@ def evaluate_paths(paths: Sequence[str | Path], chunk_frames: int | None = None,
         frames = read_video(path)
         t = len(frames)
         if record is not None:
-            layout = [tuple(w) for w in record["layout"]]
+            try:
+                layout = [(int(s), int(e)) for s, e in record["layout"]]
+            except (TypeError, ValueError):
+                raise ValueError(f"sidecar {record['_path']}: \"layout\" is not a list of [start, end] pairs") from None
             if not layout or layout[-1][1] != t:
                 raise ValueError(f"sidecar {record['_path']} has a chunk layout for "
                                  f"{layout[-1][1] if layout else 0} frames but {path} has {t}")

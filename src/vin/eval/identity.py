@@ -10,11 +10,12 @@ background pixels, the colour darkened x0.8, map to the same index for all 8 col
   palette colour (a green sprite on white has a cyan rim); a 1-px-wide band contains no 2x2 block,
   so the erosion removes it, while the smallest sprite (a small triangle or diamond, 7 px across at
   32x32) keeps >= 8 px. The default ``min_area`` is ``MIN_AREA_AT_32`` = 3 px at 32x32, scaled by
-  (min(H, W) / 32)^2 like the sprites. The rim stays 1 px wide at any frame size, but a video
-  upscaled with nearest-neighbour (``vin generate`` writes 8x) has 8-px rims: evaluate it at the
-  generated size (`vin.eval.evaluate` downscales such videos first). H.264's yuv420 halves the
-  chroma resolution, which blurs colours over 2 px at edges of native-size videos; at the 8x scale
-  of ``vin generate`` the chroma blocks lie inside the 8x8 pixel blocks and do not touch colours.
+  (min(H, W) / 32)^2 like the sprites (rendered at another size, the rim stays 1 px wide).
+* A video upscaled with nearest neighbour (``vin generate`` writes 8x) would have 8-px rims, so by
+  default the upscale is detected and undone first (`vin.eval.resolution`). H.264's yuv420 halves
+  the chroma resolution, which blurs colours over 2 px at edges of native-size videos; at the 8x
+  scale of ``vin generate`` the chroma blocks lie inside the 8x8 pixel blocks and leave colours
+  alone, and the block median removes the remaining compression noise.
 
 The video's majority background and majority sprite set (most common over frames; ties go to the
 first seen) are its identity; ``identity_consistency`` reports the fraction of frames (and of
@@ -30,6 +31,7 @@ import cv2
 import numpy as np
 
 from vin.data.synthetic import PALETTE_NAMES, PALETTE_RGB, TEXTURE_DARKEN, nearest_palette
+from vin.eval.resolution import detect_upscale, downscale
 
 MIN_AREA_AT_32 = 3  # eroded pixels at 32x32; the smallest sprite keeps >= 8, rims 0
 _KERNEL = np.ones((2, 2), np.uint8)
@@ -78,17 +80,21 @@ def _names(indices: Sequence[int]) -> list[str]:
 
 
 def identity_consistency(frames: np.ndarray, chunks: Sequence[Sequence[int]] | Sequence[int] | None = None,
-                         min_area: int | None = None) -> dict:
+                         min_area: int | None = None, undo_upscale: bool = True) -> dict:
     """Identity of a sprite-world video and how consistently every frame and chunk keeps it.
 
     ``chunks``: chunk windows ``[(start, end), ...]`` or boundaries ``[b1, b2, ...]`` (None: one
-    chunk). Returns the majority ``background`` (name) and ``sprites`` (names), the fractions of
+    chunk). ``undo_upscale``: detect a nearest-neighbour upscale and judge the frames at their
+    original size (``upscale_undone`` reports the factor). Returns the majority ``background``
+    (name) and ``sprites`` (names), the fractions of
     frames whose background / sprite set / both equal the majority (``frames_background``,
     ``frames_sprites``, ``frames_both``), the same for chunks judged by each chunk's own majority
     (``chunks_background``, ``chunks_sprites``, ``chunks_both``), the per-chunk majorities and the
     per-frame identities (``per_frame_background``, ``per_frame_sprites``)."""
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {getattr(frames, 'shape', type(frames).__name__)}")
+    factor = detect_upscale(frames) if undo_upscale else 1
+    frames = downscale(frames, factor)
     t, h, w, _ = frames.shape
     min_area = default_min_area(h, w) if min_area is None else int(min_area)
     indices = nearest_palette(frames)
@@ -103,6 +109,7 @@ def identity_consistency(frames: np.ndarray, chunks: Sequence[Sequence[int]] | S
         "background": PALETTE_NAMES[maj_bg],
         "sprites": _names(maj_sp),
         "min_area": min_area,
+        "upscale_undone": factor,
         "frames_background": sum(b == maj_bg for b in bgs) / t,
         "frames_sprites": sum(s == maj_sp for s in sprites) / t,
         "frames_both": sum(b == maj_bg and s == maj_sp for b, s in per_frame) / t,
