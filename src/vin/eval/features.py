@@ -164,20 +164,23 @@ def _embed(model: Callable, x, batch: int = 32) -> np.ndarray:
 
 
 def dino_feature(arg: str | None) -> Feature:
-    """``dino:PATH``: PATH is a TorchScript image encoder (a ``.pt`` saved with ``torch.jit.save``,
-    taking (N, 3, 224, 224) ImageNet-normalised images) or a local clone of the DINO torch.hub repo
-    with its weights in the torch hub cache (loads ``dino_vitb16``, VBench's model). Nothing is
-    downloaded."""
-    path = _check_path("dino", arg, "a local TorchScript encoder or torch.hub DINO repo")
+    """``dino:PATH``: PATH is an image encoder taking (N, 3, 224, 224) ImageNet-normalised images:
+    a ``.pt2`` saved with ``torch.export.save`` (batch dimension dynamic), a TorchScript file
+    (``torch.jit.save``), or a local clone of the DINO torch.hub repo with its weights already in the
+    torch hub cache (loads ``dino_vitb16``, VBench's model). Nothing is downloaded."""
+    path = _check_path("dino", arg, "a local image encoder (.pt2 / TorchScript) or torch.hub DINO repo")
     torch = _import("dino", "torch", "torch")
     try:
         if path.is_dir():
             model = torch.hub.load(str(path), DINO_HUB_MODEL, source="local")
+        elif path.suffix == ".pt2":
+            model = torch.export.load(str(path)).module()
         else:
             model = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
         raise ValueError(f"feature 'dino' could not load {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    model.eval()
+    if hasattr(model, "eval") and not path.suffix == ".pt2":  # exported programs refuse .eval()
+        model.eval()
     return Feature(f"dino:{path}", lambda frames: _embed(model, _to_tensor(frames, IMAGENET_MEAN, IMAGENET_STD)),
                    _cosine, uses_masks=False)
 
