@@ -1,0 +1,313 @@
+"""Known answers for the offline long-video metrics (`vin.eval`) and `vin evaluate`.
+
+Small frames (32x32 / 64x64, <= 40 frames) so the file runs in seconds on one thread."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from vin.cli import main
+from vin.config import DataConfig
+from vin.data.synthetic import PALETTE_NAMES, PALETTE_RGB, SpriteSpec, VideoSpec, render, sample_spec
+from vin.data.video_io import upscale, write_video
+from vin.eval import metrics as M
+from vin.eval.evaluate import METRIC_NAMES, evaluate_frames
+from vin.eval.resolution import detect_upscale, downscale
+from vin.eval.features import colour_histogram, get_feature, hist_similarity, ssim
+from vin.eval.identity import check_texture_palette, identity_consistency
+
+CFG = DataConfig()  # 32x32, the sprite world's native size
+FEATURES = ("pixels", "ssim", "hist")
+FLOWS = ("farneback", "dis")
+
+
+def periodic_texture(n: int, seed: int = 0) -> np.ndarray:
+    """(n, n, 3) uint8 smooth random texture that tiles (low-passed in Fourier space), so np.roll
+    is an exact translation without a seam."""
+    rng = np.random.default_rng(seed)
+    k = np.fft.fftfreq(n)
+    lowpass = np.exp(-(k[:, None] ** 2 + k[None, :] ** 2) / (2 * 0.08**2))
+    out = np.stack([np.fft.ifft2(np.fft.fft2(rng.standard_normal((n, n))) * lowpass).real for _ in range(3)], -1)
+    out = (out - out.min()) / (out.max() - out.min()) * 255
+    return np.rint(out).astype(np.uint8)
+
+
+def shifted(n: int, frames: int, speed: int) -> np.ndarray:
+    base = periodic_texture(n)
+    return np.stack([np.roll(base, speed * t, axis=1) for t in range(frames)])
+
+
+def sprite_video(seed: int, frames: int = 40) -> np.ndarray:
+    return render(sample_spec(np.random.default_rng(seed), CFG), CFG, 0, frames)
+
+
+def two_sprites(first_colour: int = 0) -> VideoSpec:
+    """Blue striped background, a large square and a small circle that never touch (rows 9 and 23)."""
+    return VideoSpec(2, "stripes", (SpriteSpec(first_colour, "square", "large", 9.0, 9.0, 0.3, 0.0),
+                                    SpriteSpec(3, "circle", "small", 23.0, 23.0, -0.3, 0.0)))
+
+
+# ---- identical frames ---------------------------------------------------------------------------
+
+def test_identical_frames_are_perfect():
+    frames = np.stack([periodic_texture(32)] * 12)
+    assert M.temporal_flickering(frames) == 1.0
+    for flow in FLOWS:
+        assert M.motion_smoothness(frames, flow) == 1.0
+        stats = M.flow_stats(frames, flow)
+        assert stats["mean_flow_magnitude"] == 0.0 and stats["dynamic_degree_proxy"] == 0
+        assert M.warp_error(frames, flow)["warp_error"] == 0.0
+        assert M.mawe(frames, flow)["mawe"] is None  # 0 / 0: no motion to normalise by
+    assert M.scene_cuts(frames) == []
+    for feature in FEATURES:
+        assert M.subject_consistency(frames, feature) == 1.0
+        assert M.background_consistency(frames, feature) == 1.0
+        d = M.drift(frames, feature)
+        assert d["last"] == 1.0 and d["curve"] == [1.0] * 12 and d["slope_per_frame"] == pytest.approx(0, abs=1e-12)
+    seam = M.seam_score(frames, [4, 8])
+    assert seam["seam_score"] == 1.0 and seam["boundary_diff"] == 0.0 and seam["inside_diff"] == 0.0
+    assert M.seam_score(frames, None)["seam_score"] is None
+    assert M.temporal_flickering(frames[:1]) is None and M.motion_smoothness(frames[:2]) is None
+
+
+# ---- a hard cut at a chunk boundary ---------------------------------------------------------------
+
+def test_hard_cut_at_a_chunk_boundary():
+    a, b = sprite_video(3), sprite_video(5)
+    cut = np.concatenate([a[:24], b[24:]])
+    bounds = [8, 16, 24, 32]
+    assert M.scene_cuts(cut) == [24]
+    assert M.scene_cuts(a) == []
+    seam = M.seam_score(cut, bounds)
+    assert seam["seam_score"] > 5
+    assert M.seam_score(a, bounds)["seam_score"] == pytest.approx(1.0, abs=0.3)
+    for feature in FEATURES:
+        assert M.subject_consistency(cut, feature) < M.subject_consistency(a, feature)
+        assert M.background_consistency(cut, feature) < M.background_consistency(a, feature) - 0.05
+        assert M.drift(cut, feature)["last"] < M.drift(a, feature)["last"]
+    assert M.drift(cut, "hist")["slope_per_frame"] < M.drift(a, "hist")["slope_per_frame"]
+    with pytest.raises(ValueError, match="outside"):
+        M.seam_score(cut, [0, 40])
+
+
+# ---- a constant shift ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_constant_shift_flow_and_warp(flow):
+    speed, n = 2, 64
+    frames = shifted(n, 10, speed)
+    stats = M.flow_stats(frames, flow)
+    assert stats["flow_method"] == flow
+    assert stats["mean_flow_magnitude"] == pytest.approx(speed, rel=0.05)
+    assert stats["mean_flow_magnitude_norm"] == pytest.approx(speed / np.hypot(n, n), rel=0.05)
+    # VBench's threshold at 64 px is 6 * 64 / 256 = 1.5 px; every pair moves 2 px
+    assert stats["dynamic_threshold"] == 1.5 and stats["dynamic_degree_proxy"] == 1
+    assert stats["dynamic_pairs_fraction"] == 1.0
+    w = M.warp_error(frames, flow)
+    assert w["flow_method"] == flow and w["warp_error"] < 0.05 * w["no_warp_error"]
+    m = M.mawe(frames, flow)
+    assert m["c"] == 9.5 and m["mawe"] == pytest.approx(m["warp_error"] / (9.5 * m["mean_flow_magnitude"]))
+    slow = shifted(n, 10, 1)  # 1 px/frame is under the 1.5 px threshold: static by VBench's rule
+    assert M.flow_stats(slow, flow)["dynamic_degree_proxy"] == 0
+
+
+def test_smooth_motion_beats_shuffled_frames():
+    frames = sprite_video(7, 32)
+    shuffled = frames[np.random.default_rng(0).permutation(len(frames))]
+    for flow in FLOWS:
+        assert M.motion_smoothness(frames, flow) > M.motion_smoothness(shuffled, flow) + 0.005
+    linear = shifted(32, 9, 2)
+    assert M.motion_smoothness(linear) > 0.98  # the interpolator rebuilds a translation
+
+
+# ---- features -----------------------------------------------------------------------------------
+
+def test_ssim_identity_and_symmetry():
+    a, b = periodic_texture(32, 1), periodic_texture(32, 2)
+    assert ssim(a, a) == pytest.approx(1.0, abs=1e-9)
+    assert ssim(a, b) == pytest.approx(ssim(b, a), abs=1e-12)
+    assert 0.0 <= ssim(a, b) < 0.9
+    noisy = np.clip(a.astype(int) + np.random.default_rng(0).integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    assert ssim(a, b) < ssim(a, noisy) < 1.0
+
+
+def test_histogram_intersection_known_value():
+    red, blue, green = (PALETTE_RGB[PALETTE_NAMES.index(c)] for c in ("red", "blue", "green"))
+    a = np.empty((8, 8, 3), np.uint8)
+    a[:, :2], a[:, 2:] = red, blue  # 1/4 red, 3/4 blue
+    b = np.empty((8, 8, 3), np.uint8)
+    b[:4], b[4:] = red, green  # 1/2 red, 1/2 green
+    assert hist_similarity(a, b) == 0.25  # min(1/4, 1/2) red + min(3/4, 0) blue + min(0, 1/2) green
+    assert hist_similarity(a, a) == 1.0
+    assert colour_histogram(a).sum() == pytest.approx(1.0)
+    only_red = np.zeros((8, 8), bool)
+    only_red[:, :2] = True  # masks: a's red pixels vs b's red half
+    b_red = np.zeros((8, 8), bool)
+    b_red[:4] = True
+    assert hist_similarity(a, b, only_red, b_red) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["dino", "clip"])
+def test_deep_features_fail_clearly_without_a_path(kind, tmp_path):
+    with pytest.raises(ValueError, match=f"feature '{kind}' needs .*{kind}:PATH"):
+        get_feature(kind)
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(ValueError, match=f"feature '{kind}' needs .* at {missing}: not found") as e:
+        get_feature(f"{kind}:{missing}")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="unknown feature"):
+        get_feature("lpips")
+
+
+def test_clip_without_open_clip_names_the_package(tmp_path, monkeypatch):
+    ckpt = tmp_path / "clip.bin"
+    ckpt.write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # import fails whether or not it is installed
+    with pytest.raises(ValueError, match="needs the package open_clip_torch"):
+        get_feature(f"clip:{ckpt}")
+
+
+def test_dino_feature_runs_a_local_exported_encoder(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    class MeanColour(torch.nn.Module):  # a stand-in "encoder": the mean of each channel
+        def forward(self, x):
+            return x.mean(dim=(2, 3)) + 3.0  # offset keeps the embedding away from 0
+
+    dim = torch.export.Dim("n", min=1, max=64)
+    program = torch.export.export(MeanColour(), (torch.zeros(2, 3, 224, 224),), dynamic_shapes=({0: dim},))
+    path = tmp_path / "enc.pt2"
+    torch.export.save(program, str(path))
+    feat = get_feature(f"dino:{path}")
+    frames = np.stack([periodic_texture(32)] * 4)
+    assert not feat.uses_masks
+    assert M.subject_consistency(frames, feat) == pytest.approx(1.0)
+    assert M.background_consistency(frames, feat) == pytest.approx(1.0)
+
+
+# ---- identity in the sprite world ---------------------------------------------------------------
+
+def test_texture_pixels_map_to_their_palette_colour():
+    assert check_texture_palette()
+
+
+def test_colour_swap_in_one_chunk():
+    t, chunk = 32, 8
+    frames = render(two_sprites(), CFG, 0, t)
+    frames[16:24] = render(two_sprites(first_colour=1), CFG, 16, chunk)  # chunk 2: the red square turns green
+    for chunks in ([8, 16, 24], [(0, 8), (8, 16), (16, 24), (24, 32)]):
+        r = identity_consistency(frames, chunks)
+        assert r["background"] == "blue" and r["sprites"] == ["red", "yellow"]
+        assert r["frames_background"] == 1.0
+        assert r["frames_sprites"] == r["frames_both"] == (t - chunk) / t
+        assert r["chunks_both"] == r["chunks_sprites"] == 3 / 4 and r["chunks_background"] == 1.0
+        assert r["chunk_majorities"][2] == {"background": "blue", "sprites": ["green", "yellow"]}
+    # upscaled 4x (nearest neighbour, 4-px rims): the upscale is undone first
+    big = identity_consistency(upscale(frames, 4), [8, 16, 24])
+    assert big["frames_both"] == 0.75 and big["upscale_undone"] == 4
+    # rendered natively at 64x64 (1-px rims, sprites 4x the area): min_area scales with the frame
+    cfg64 = DataConfig(height=64, width=64)
+    spec64 = VideoSpec(2, "checker", tuple(replace(s, x0=2 * s.x0, y0=2 * s.y0) for s in two_sprites().sprites))
+    swapped64 = VideoSpec(2, "checker", (replace(spec64.sprites[0], colour=1), spec64.sprites[1]))
+    frames64 = render(spec64, cfg64, 0, t)
+    frames64[16:24] = render(swapped64, cfg64, 16, chunk)
+    native = identity_consistency(frames64, [8, 16, 24])
+    assert native["frames_both"] == 0.75 and native["chunks_both"] == 0.75 and native["min_area"] == 12
+    # and through evaluate_frames
+    metrics = evaluate_frames(frames, [8, 16, 24])["metrics"]
+    assert metrics["identity_both"] == 0.75 and metrics["identity_chunks"] == 0.75
+
+
+def test_anti_aliased_rims_never_count_as_sprites():
+    for seed in range(12):
+        spec = sample_spec(np.random.default_rng(seed), CFG)
+        r = identity_consistency(render(spec, CFG, 0, 16))
+        truth = {PALETTE_NAMES[s.colour] for s in spec.sprites}
+        assert r["background"] == PALETTE_NAMES[spec.background]
+        assert set(r["sprites"]) == truth
+        assert all(set(s) <= truth for s in r["per_frame_sprites"])  # occlusion may hide one, nothing extra
+
+
+# ---- resolution ---------------------------------------------------------------------------------
+
+def test_upscale_detection_and_exact_downscale():
+    v = sprite_video(1, 6)
+    for k in (2, 4, 8):
+        assert detect_upscale(upscale(v, k)) == k
+        assert np.array_equal(downscale(upscale(v, k), k), v)
+    assert detect_upscale(v) == 1
+    assert detect_upscale(shifted(64, 4, 1)) == 1  # smooth texture, no blocks
+    assert detect_upscale(np.full((3, 32, 32, 3), 77, np.uint8)) == 1  # flat: no evidence
+
+
+# ---- evaluate / CLI -----------------------------------------------------------------------------
+
+def test_evaluate_frames_json_shape():
+    v = sprite_video(2, 24)
+    r = evaluate_frames(v, [8, 16], feature="ssim", flow="dis")
+    assert json.loads(json.dumps(r)) == r
+    assert (r["frames"], r["boundaries"], r["flow_method"], r["feature"]) == (24, [8, 16], "dis", "ssim")
+    assert list(r["metrics"]) == list(METRIC_NAMES)
+    assert all(len(c) == 24 for c in r["curves"].values())
+    assert r["curves"]["sim_to_first"][0] == 1.0 and r["curves"]["frame_diff"][0] == 0.0
+    assert r["metrics"]["scene_cuts"] == 0 and r["identity"]["frames_background"] == 1.0
+    assert "identity" not in evaluate_frames(v, None, synthetic=False)
+
+
+def test_cli_evaluate_writes_json(tmp_path, capsys):
+    spec = two_sprites()
+    frames = render(spec, CFG, 0, 24)
+    write_video(tmp_path / "a.mp4", frames, fps=8, scale=8)
+    write_video(tmp_path / "b.gif", frames, fps=8, scale=8)
+    # a `vin generate` sidecar for a.mp4: its layout wins over --chunk-frames
+    (tmp_path / "a.json").write_text(json.dumps({"layout": [[0, 8], [6, 14], [12, 20], [16, 24]],
+                                                 "model_config": {"data": {"height": 32, "width": 32, "fps": 8}}}))
+    out = tmp_path / "res" / "eval.json"
+    assert main(["evaluate", str(tmp_path), "--chunk-frames", "8", "--feature", "hist", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "a.mp4" in printed and "b.gif" in printed and "mean of 2" in printed
+    record = json.loads(out.read_text())
+    a, b = record["videos"][str(tmp_path / "a.mp4")], record["videos"][str(tmp_path / "b.gif")]
+    assert (a["boundaries_from"], a["boundaries"], a["downscale"]) == ("sidecar", [6, 12, 16], 8)
+    assert (b["boundaries_from"], b["boundaries"], b["downscale"]) == ("chunk_frames", [8, 16], 8)
+    for v in (a, b):
+        assert v["frames"] == 24 and v["frame_size"] == [32, 32] and v["stored_size"] == [256, 256]
+        assert v["feature"] == "hist" and v["flow_method"] == "farneback"
+        assert v["identity"]["background"] == "blue" and v["identity"]["sprites"] == ["red", "yellow"]
+        assert v["metrics"]["identity_both"] == 1.0 and v["metrics"]["scene_cuts"] == 0
+    assert record["summary"]["videos"] == 2
+    assert record["summary"]["metrics"]["identity_both"] == {"mean": 1.0, "std": 0.0, "n": 2}
+    assert set(record["summary"]["metrics"]) == set(METRIC_NAMES)
+    # default output: evaluation.json next to the first input (inside a folder given as input)
+    assert main(["evaluate", str(tmp_path / "b.gif"), "--no-synthetic"]) == 0
+    assert json.loads((tmp_path / "evaluation.json").read_text())["summary"]["metrics"]["identity_both"]["n"] == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.mp4"], "no video file or folder at"),
+    (["notes.txt"], "is not a video"),
+    (["empty"], "no .mp4 or .gif videos in folder"),
+    (["v.gif", "--overlap", "2"], "--overlap needs --chunk-frames"),
+    (["v.gif", "--chunk-frames", "50"], "cannot cover 6 frames"),
+    (["v.gif", "--feature", "dino"], "feature 'dino' needs"),
+    (["v.gif", "--downscale", "0"], "argument --downscale"),
+    (["v.gif", "--out", "x.csv"], "must end in .json"),
+])
+def test_cli_evaluate_bad_input(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a video")
+    (tmp_path / "empty").mkdir()
+    write_video(tmp_path / "v.gif", sprite_video(0, 6), fps=8)
+    try:
+        code = main(["evaluate", *args])
+    except SystemExit as e:  # argparse's own usage errors exit from inside parse_known_args
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vin: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "evaluation.json").exists()
