@@ -311,3 +311,14 @@ def test_cli_evaluate_bad_input(tmp_path, capsys, monkeypatch, args, message):
     err = capsys.readouterr().err
     assert err.startswith("vin: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "evaluation.json").exists()
+
+
+def test_cli_evaluate_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: vin evaluate")
+    for option in ("VIDEO_OR_FOLDER", "--chunk-frames", "--overlap", "--feature", "--flow", "--no-synthetic",
+                   "--downscale", "--out"):
+        assert option in out, option
