@@ -89,13 +89,13 @@ def flop_counter() -> FlopCounterMode:
 
 # ------------------------------------------------------------------------------ model pieces
 
-def _attention_linear(q_tokens: int, kv_tokens: int, dim: int, kv_dim: int | None = None) -> int:
+def attention_linear_flops(q_tokens: int, kv_tokens: int, dim: int, kv_dim: int | None = None) -> int:
     """The q, kv and output projections of `vin.models.layers.Attention`."""
     kv_dim = dim if kv_dim is None else kv_dim
     return 2 * linear_flops(q_tokens, dim, dim) + linear_flops(kv_tokens, kv_dim, 2 * dim)
 
 
-def _mlp(tokens: int, dim: int, ratio: float = 4.0) -> int:
+def mlp_flops(tokens: int, dim: int, ratio: float = 4.0) -> int:
     hidden = int(dim * ratio)
     return linear_flops(tokens, dim, hidden) + linear_flops(tokens, hidden, dim)
 
@@ -106,14 +106,14 @@ def _timestep_embedder(dim: int) -> int:
 
 def _adaln_block(seq: int, dim: int, heads: int, mlp_ratio: float, attention_maps: int = 1) -> tuple[int, int]:
     """One `AdaLNBlock` over `seq` tokens -> (linear, attention) FLOPs per sequence."""
-    linear = linear_flops(1, dim, 6 * dim) + _attention_linear(seq, seq, dim) + _mlp(seq, dim, mlp_ratio)
+    linear = linear_flops(1, dim, 6 * dim) + attention_linear_flops(seq, seq, dim) + mlp_flops(seq, dim, mlp_ratio)
     return linear, attention_maps * attention_flops(1, heads, seq, seq, dim // heads)
 
 
 def text_flops(tc: TextConfig, captions: int) -> int:
     """`TextEncoder` on `captions` captions (always padded to max_tokens)."""
     L, W = tc.max_tokens, tc.width
-    per_block = _attention_linear(L, L, W) + _mlp(L, W) + attention_flops(1, tc.heads, L, L, W // tc.heads)
+    per_block = attention_linear_flops(L, L, W) + mlp_flops(L, W) + attention_flops(1, tc.heads, L, L, W // tc.heads)
     return captions * tc.depth * per_block
 
 
@@ -138,7 +138,7 @@ def dit_flops(mc: ModelConfig, sequences: int, latent_frames: int, frame_size: t
     if use_global:
         linear += linear_flops(v.num_global, v.width, D)
         if v.inject == "cross":  # a cross-attention from the whole sequence to the projected tokens
-            linear += d.depth * _attention_linear(seq, v.num_global, D)
+            linear += d.depth * attention_linear_flops(seq, v.num_global, D)
             attention += d.depth * attention_flops(1, d.heads, seq, v.num_global, D // d.heads)
     return sequences * linear, sequences * attention
 
@@ -152,8 +152,8 @@ def read_flops(mc: ModelConfig, rows: int, frames: int, frame_size: tuple[int, i
     Dv, N = v.width, v.num_global
     read = (linear_flops(n_key, mc.channels * v.patch_s**2, Dv) + _timestep_embedder(Dv)
             + linear_flops(1, tc.width, Dv) + linear_flops(1, Dv, 2 * Dv)
-            + _attention_linear(N, n_key, Dv) + attention_flops(1, v.heads, N, n_key, Dv // v.heads)
-            + _mlp(N, Dv) + linear_flops(tc.max_tokens, tc.width, Dv))
+            + attention_linear_flops(N, n_key, Dv) + attention_flops(1, v.heads, N, n_key, Dv // v.heads)
+            + mlp_flops(N, Dv) + linear_flops(tc.max_tokens, tc.width, Dv))
     processor = v.processor_depth * sum(_adaln_block(N + tc.max_tokens, Dv, v.heads, 4.0))
     return rows * read, rows * processor
 
