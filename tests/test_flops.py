@@ -206,3 +206,9 @@ def test_paper_stdit_dominant_terms():
     got = stdit_flops(T, 1, 0)
     assert hand <= got < 1.002 * hand
     assert PAPER_MODEL.vin.num_global == 512 and PAPER_MODEL.vin.width == 4096
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_meta_device_counts_the_same(xs, strategy):
+    sample = SampleConfig(frames=20, steps=2, overlap=4, cfg=2.0)
+    assert counted_flops(xs, CAPTION, sample, SIZE, strategy, meta=True) == counted_flops(xs, CAPTION, sample, SIZE, strategy)

@@ -29,6 +29,7 @@ Parts (keys of both results, plus "total"):
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import re
 from dataclasses import replace
@@ -261,17 +262,21 @@ def count(fn: Callable[[], object]) -> dict[str, int]:
 
 
 def counted_flops(model, captions: list[str], sample: SampleConfig, frame_size: tuple[int, int], strategy: str,
-                  extrapolate: bool = True) -> dict[str, int]:
+                  extrapolate: bool = True, meta: bool = False) -> dict[str, int]:
     """FLOPs of the real sampler `strategy` on `model` (a `VINModel`) -> same keys as `count`.
 
-    Counting is slow (every op goes through Python). FLOPs are affine in the number of steps (the
-    captions are encoded once, every step costs the same; heun's 2 steps - 1 too), so with
-    `extrapolate` and sample.steps > 2 the run is counted at 1 and 2 steps and extended exactly:
-    c(steps) = c(1) + (steps - 1) (c(2) - c(1))."""
+    Counting runs the sampler. FLOPs are affine in the number of steps (the captions are encoded
+    once, every step costs the same; heun's 2 steps - 1 too), so with `extrapolate` and
+    sample.steps > 2 the run is counted at 1 and 2 steps and extended exactly:
+    c(steps) = c(1) + (steps - 1) (c(2) - c(1)). `meta`: run a copy of the model on the meta device,
+    the same ops dispatched on shapes alone, no arithmetic (tested to count the same), so that
+    counting a large run takes seconds."""
     from vin.sampling.strategies import get_strategy
 
     sampler = get_strategy(strategy)
     s = replace(sample, strategy=strategy)
+    if meta:
+        model = copy.deepcopy(model).to("meta")
     device = next(model.parameters()).device
 
     def run(steps: int) -> dict[str, int]:
