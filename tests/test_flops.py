@@ -212,3 +212,97 @@ def test_paper_stdit_dominant_terms():
 def test_meta_device_counts_the_same(xs, strategy):
     sample = SampleConfig(frames=20, steps=2, overlap=4, cfg=2.0)
     assert counted_flops(xs, CAPTION, sample, SIZE, strategy, meta=True) == counted_flops(xs, CAPTION, sample, SIZE, strategy)
+
+
+# ------------------------------------------------------------------------------ vin bench
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """VIN-XS/4 with random non-zero weights at 16x16, saved like a training checkpoint."""
+    from vin.checkpoint import save_checkpoint
+    from vin.config import load_config
+
+    cfg = load_config(None, ["data.height=16", "data.width=16"], preset="VIN-XS/4")
+    path = tmp_path_factory.mktemp("bench") / "xs.safetensors"
+    save_checkpoint(path, cfg, random_xs_model())
+    return path
+
+
+def _cli(argv, capsys):
+    from vin.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_bench_strategies_timed_json(tiny_checkpoint, tmp_path, capsys):
+    """Timed rows in fresh processes, a refused full-attention row, counted = analytic, JSON written."""
+    out = tmp_path / "bench.json"
+    # full at 16 frames: 2 heads x (8 x 16 + 24 + 8)^2 x 4 B = 205 kB > 1e-4 GiB = 107 kB > 74 kB at 8 frames
+    rc, stdout, err = _cli(["bench", "--strategies", "vin", "full", "--frames", "8", "16", "--steps", "2",
+                            "--checkpoint", str(tiny_checkpoint), "--count-flops", "--attention-limit-gb", "1e-4",
+                            "--out", str(out), "--quiet"], capsys)
+    assert rc == 0, err
+    record = json.loads(out.read_text())
+    rows = {(r["strategy"], r["frames"]): r for r in record["rows"]}
+    assert list(rows) == [("vin", 8), ("full", 8), ("vin", 16), ("full", 16)]
+    assert rows[("full", 16)]["status"] == "refused" and "attention" in rows[("full", 16)]["reason"]
+    assert rows[("full", 16)]["wall_s"] is None and "refused" in stdout
+    model = random_xs_model()
+    for (strategy, frames), r in rows.items():
+        sample = SampleConfig(frames=frames, steps=2, chunk_frames=8, attention_limit_gb=1e-4)
+        assert r["flops_parts"] == analytic_flops(model.cfg, sample, SIZE, strategy)
+        if r["status"] == "ok":
+            assert r["counted_flops"] == r["flops"]
+            assert len(r["wall_s_runs"]) == 1 and r["wall_s"] > 0 and r["peak_mem_mb"] >= 0
+    assert rows[("vin", 16)]["windows"] == 3  # chunks of 8, overlap 4
+    assert record["sample"]["steps"] == 2 and record["frame_size"] == [16, 16]
+    assert "| vin | 16 | 3 |" in stdout
+
+
+def test_measure_flops_only(tiny_checkpoint):
+    from vin.eval.bench import measure
+
+    sample = SampleConfig(frames=12, steps=3, cfg=2.0)
+    row = measure(tiny_checkpoint, "autoregressive", sample, ["a", "b"], timed=False, count_flops=True)
+    assert row["status"] == "not timed" and row["wall_s"] is None and row["windows"] == 2
+    assert row["flops_parts"] == analytic_flops(random_xs_model().cfg, sample, SIZE, "autoregressive", batch=2)
+    assert row["counted_flops"] == row["flops"] and row["counted_flops_parts"]["other"] == 0
+
+
+def test_bench_procs_still_works(tiny_checkpoint, capsys):
+    rc, stdout, err = _cli(["bench", "--procs", "1", "--frames", "12", "--steps", "1",
+                            "--checkpoint", str(tiny_checkpoint)], capsys)
+    assert rc == 0, err
+    assert "| processes |" in stdout and "| 1 | 2 |" in stdout  # 1 process holding both chunks
+
+
+def test_bench_paper_json(tmp_path, capsys):
+    out = tmp_path / "paper.json"
+    rc, stdout, err = _cli(["bench", "--paper", "--out", str(out)], capsys)
+    assert rc == 0, err
+    rows = json.loads(out.read_text())["paper"]
+    assert len(rows) == 2 * 3 * 4  # variants x layouts x lengths
+    assert "| 20/12 | 512 | 160 | 19 |" in stdout and "25-40% fewer FLOPs" in stdout
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--strategies", "vin", "--frames", "5"], ["vin at 5 frames", "5 frames"]),
+    (["--strategies", "full", "--frames", "7"], ["full at 7 frames", "temporal patch"]),
+    (["--strategies", "vin", "--procs", "1"], ["--procs", "--strategies"]),
+    (["--strategies", "vin", "--repeats", "0"], ["repeats"]),
+    (["--strategies", "nope"], ["nope"]),
+    (["--count-flops"], ["--strategies"]),
+    (["--procs", "1", "--out", "x.json"], ["--out"]),
+])
+def test_bench_bad_input(tiny_checkpoint, tmp_path, capsys, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)
+    rc, stdout, err = _cli(["bench", "--checkpoint", str(tiny_checkpoint), *argv], capsys)
+    assert rc == 2 and stdout == ""
+    (line,) = err.splitlines()
+    assert line.startswith("vin: error: ") and all(w in line for w in words), line
+    assert list(tmp_path.iterdir()) == []
