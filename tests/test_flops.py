@@ -306,3 +306,19 @@ def test_bench_bad_input(tiny_checkpoint, tmp_path, capsys, monkeypatch, argv, w
     (line,) = err.splitlines()
     assert line.startswith("vin: error: ") and all(w in line for w in words), line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_row_of_a_dead_process(tiny_checkpoint, monkeypatch):
+    """A measuring process that dies (e.g. killed for memory) makes a "failed" row, not a hang or a crash."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from vin.eval import bench
+
+    def dies(*args):
+        raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(bench, "_in_fresh_process", dies)
+    record = bench.bench_strategies(tiny_checkpoint, ["vin"], [8], SampleConfig(steps=1), ["a"])
+    (row,) = record["rows"]
+    assert row["status"] == "failed" and "died" in row["reason"] and row["wall_s"] is None
+    assert "| vin | 8 | 1 | failed |" in bench.format_strategy_table(record)

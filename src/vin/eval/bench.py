@@ -2,12 +2,14 @@
 
 Every (strategy, length) is sampled on the same weights, each run in a fresh spawned process with
 the same number of torch threads, so that the numbers of one bench are comparable:
-- wall time: from after the model is loaded to the finished video (process start, imports and
-  loading excluded; no warm-up, the same for every strategy);
-- peak memory: on CPU the peak resident set size above the post-load baseline. Linux: the peak is
-  reset to the current RSS after loading (`/proc/self/clear_refs`), so the load's own transient
-  does not hide a smaller sampling peak; elsewhere `ru_maxrss` after minus before. On CUDA:
-  `torch.cuda.max_memory_allocated` above what the loaded model holds;
+- warm-up: after loading, the strategy samples once at one chunk's length for one step (the same
+  ops on little data): the first call of each kernel faults in library code and thread pools,
+  ~80 MB of RSS on CPU whatever the strategy, which would swamp a small model's own memory;
+- wall time: the measured run, from after the warm-up to the finished video;
+- peak memory: on CPU the peak resident set size above the baseline after the warm-up. Linux: the
+  freed heap is trimmed and the peak reset to the current RSS (`/proc/self/clear_refs`), so neither
+  the load's nor the warm-up's transient hides a smaller peak; elsewhere `ru_maxrss` after minus
+  before. On CUDA: `torch.cuda.max_memory_allocated` above what is allocated before the run;
 - FLOPs: analytic (`vin.eval.flops.analytic_flops`, always) and counted (`counted_flops`, on request,
   in this process, on the meta device: the sampler's ops on shapes only).
 With `repeats` > 1 each repeat is a fresh process and the median is reported (every run is kept).
@@ -19,6 +21,7 @@ The multi-process timing of `vin bench --procs` stays in `vin.distributed.bench`
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import multiprocessing
@@ -27,6 +30,8 @@ import resource
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -62,17 +67,31 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _malloc_trim() -> None:
+    """glibc: give freed heap back to the OS, so that the baseline RSS holds no freed warm-up data."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _timed_run(checkpoint: str, strategy: str, sample: SampleConfig, prompts: list[str], device: str,
                threads: int) -> dict:
-    """In a fresh process: load, then sample once -> {"wall_s", "peak_mem_mb", "peak_reset"}."""
+    """In a fresh process: load, warm up, sample once -> {"wall_s", "peak_mem_mb", "peak_reset"}."""
     from vin.generate import load_model
     from vin.sampling.strategies import get_strategy
 
     torch.set_num_threads(threads)
     model, cfg = load_model(checkpoint, device)
     sampler = get_strategy(strategy)
+    size = (cfg.data.height, cfg.data.width)
     cuda = torch.device(device).type == "cuda"
+    # Warm-up: one step on one chunk's length runs the same ops on little data. The first call of
+    # each kernel faults in library code pages and thread-pool state (~80 MB of RSS on CPU), which
+    # would otherwise swamp a small model's data; it also keeps one-off start-up out of the time.
+    sampler(model, prompts, replace(sample, frames=sample.chunk_frames or model.cfg.chunk_frames, steps=1), size, device)
     gc.collect()
+    _malloc_trim()
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -80,7 +99,7 @@ def _timed_run(checkpoint: str, strategy: str, sample: SampleConfig, prompts: li
     reset = _reset_peak_rss()
     before = _rss_mb() if reset else _maxrss_mb()
     t0 = time.perf_counter()
-    sampler(model, prompts, sample, (cfg.data.height, cfg.data.width), device)
+    sampler(model, prompts, sample, size, device)
     if cuda:
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
@@ -89,8 +108,10 @@ def _timed_run(checkpoint: str, strategy: str, sample: SampleConfig, prompts: li
 
 
 def _in_fresh_process(*args) -> dict:
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_timed_run, args)
+    """`_timed_run(*args)` in a freshly spawned process (a process that dies, e.g. killed for memory,
+    raises BrokenProcessPool instead of hanging as a multiprocessing.Pool would)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_timed_run, *args).result()
 
 
 def plan(model, frame_size: tuple[int, int], strategy: str, sample: SampleConfig, prompts: list[str]) -> dict:
@@ -128,8 +149,12 @@ def _fill(row: dict, checkpoint: Path, model, frame_size: tuple[int, int], sampl
     if not timed:
         row["status"] = "not timed"
         return row
-    runs = [_in_fresh_process(str(checkpoint), row["strategy"], sample, prompts, device, threads)
-            for _ in range(repeats)]
+    try:
+        runs = [_in_fresh_process(str(checkpoint), row["strategy"], sample, prompts, device, threads)
+                for _ in range(repeats)]
+    except BrokenProcessPool as e:
+        row.update(status="failed", reason=f"the measuring process died ({e or 'killed'}; out of memory?)")
+        return row
     row.update(wall_s_runs=[r["wall_s"] for r in runs], peak_mem_mb_runs=[r["peak_mem_mb"] for r in runs],
                peak_reset=all(r["peak_reset"] for r in runs))
     row.update(wall_s=statistics.median(row["wall_s_runs"]), peak_mem_mb=statistics.median(row["peak_mem_mb_runs"]))
@@ -155,9 +180,10 @@ def measure(checkpoint: str | Path | None, strategy: str, sample: SampleConfig, 
     """Time, peak memory and FLOPs of sampling one video per prompt with `strategy` -> one row:
 
         {"strategy", "frames", "steps", "solver", "windows" (DiT windows; 1 for full/spectral),
-         "status": "ok" | "refused" | "not timed", "reason" (why refused, else None),
+         "status": "ok" | "refused" | "failed" | "not timed", "reason" (why refused or failed: the
+         measuring process died, e.g. killed for memory; else None),
          "wall_s", "peak_mem_mb" (medians over repeats; None unless timed), "wall_s_runs",
-         "peak_mem_mb_runs", "peak_reset" (the load's peak was reset away: see the module docstring),
+         "peak_mem_mb_runs", "peak_reset" (the earlier peak was reset away: see the module docstring),
          "flops" (analytic total), "flops_parts" ({part: FLOPs}, `vin.eval.flops.PARTS` + "total"),
          "counted_flops", "counted_flops_parts" (None unless count_flops; parts + "other")}
 
@@ -206,24 +232,24 @@ def format_strategy_table(record: dict) -> str:
     h, w = record["frame_size"]
     lines = [f"{h}x{w} frames, {s['steps']} {s['solver']} steps, {len(record['prompts'])} video(s), "
              f"{record['threads']} thread(s) per process, {record['device']}; wall time and peak memory (above the "
-             f"loaded model): median of {record['repeats']} fresh process(es); FLOPs: matmuls, analytic",
+             f"warmed-up model): median of {record['repeats']} fresh process(es); FLOPs: matmuls, analytic",
              "| strategy | frames | windows | wall s | wall / vin | peak MB | GFLOP | FLOPs / vin |"
              + (" counted GFLOP |" if counted else ""),
              "|---|---|---|---|---|---|---|---|" + ("---|" if counted else "")]
     vin = {r["frames"]: r for r in rows if r["strategy"] == "vin"}
-    refused = []
+    notes = []
     for r in rows:
         ref = vin.get(r["frames"])
-        wall = {"refused": "refused", "not timed": "-"}.get(r["status"], f"{r['wall_s']:.2f}" if r["wall_s"] else "")
+        wall = f"{r['wall_s']:.2f}" if r["status"] == "ok" else {"not timed": "-"}.get(r["status"], r["status"])
         wall_ratio = f"{r['wall_s'] / ref['wall_s']:.2f}" if r["wall_s"] and ref and ref["wall_s"] else ""
         mem = "" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.1f}"
         flop_ratio = f"{r['flops'] / ref['flops']:.2f}" if ref else ""
         line = (f"| {r['strategy']} | {r['frames']} | {r['windows']} | {wall} | {wall_ratio} | {mem} | "
                 f"{_gflop(r['flops'])} | {flop_ratio} |")
         lines.append(line + (f" {_gflop(r['counted_flops'])} |" if counted else ""))
-        if r["status"] == "refused":
-            refused.append(f"refused: {r['reason']}")
-    return "\n".join(lines + refused)
+        if r["reason"]:
+            notes.append(f"{r['strategy']} at {r['frames']} frames, {r['status']}: {r['reason']}")
+    return "\n".join(lines + notes)
 
 
 def write_record(path: str | Path, record: dict) -> Path:
