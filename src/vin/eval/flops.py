@@ -189,13 +189,14 @@ def analytic_flops(model_cfg: ModelConfig, sample: SampleConfig, frame_size: tup
     evals = model_evaluations(s)
     out = dict.fromkeys(PARTS, 0)
 
-    def add_eval(read_frames: int, sequences: int, latent_frames: int, maps: int = 1, times: int = evals) -> None:
+    def add_eval(read_frames: int, sequences: int, latent_frames: int, maps: int = 1) -> None:
+        """`evals` model evaluations: a read of `read_frames` frames, the DiT on `sequences` windows."""
         linear, attention = dit_flops(mc, sequences, latent_frames, frame_size, dit_global, maps)
         read, processor = read_flops(mc, read_rows, read_frames, frame_size, stride)
-        out["dit_linear"] += times * linear
-        out["dit_attention"] += times * attention
-        out["vin_read"] += times * read
-        out["vin_processor"] += times * processor
+        out["dit_linear"] += evals * linear
+        out["dit_attention"] += evals * attention
+        out["vin_read"] += evals * read
+        out["vin_processor"] += evals * processor
 
     texts = rows  # the captions, and the empty caption for each with guidance
     if strategy in ("full", "spectral"):
