@@ -322,3 +322,14 @@ def test_bench_row_of_a_dead_process(tiny_checkpoint, monkeypatch):
     (row,) = record["rows"]
     assert row["status"] == "failed" and "died" in row["reason"] and row["wall_s"] is None
     assert "| vin | 8 | 1 | failed |" in bench.format_strategy_table(record)
+
+
+def test_peak_memory_excludes_the_parent(tiny_checkpoint):
+    """The measuring process is spawned from this one; its peak must not include our memory (on
+    Linux ru_maxrss of a spawned child does: the forked image's peak survives the exec)."""
+    from vin.eval.bench import measure
+
+    ballast = torch.ones(100_000_000)  # 400 MB resident here
+    row = measure(tiny_checkpoint, "vin", SampleConfig(frames=8, steps=1), ["a"])
+    assert ballast[-1] == 1 and row["status"] == "ok"
+    assert 0 <= row["peak_mem_mb"] < 200  # a tiny model on 8 frames of 16x16 needs a few MB

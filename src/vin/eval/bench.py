@@ -8,8 +8,8 @@ the same number of torch threads, so that the numbers of one bench are comparabl
 - wall time: the measured run, from after the warm-up to the finished video;
 - peak memory: on CPU the peak resident set size above the baseline after the warm-up. Linux: the
   freed heap is trimmed and the peak reset to the current RSS (`/proc/self/clear_refs`), so neither
-  the load's nor the warm-up's transient hides a smaller peak; elsewhere `ru_maxrss` after minus
-  before. On CUDA: `torch.cuda.max_memory_allocated` above what is allocated before the run;
+  the load's nor the warm-up's transient hides a smaller peak (VmHWM, not `ru_maxrss`: see
+  `_peak_rss_mb`); elsewhere `ru_maxrss` after minus before. On CUDA: `torch.cuda.max_memory_allocated` above what is allocated before the run;
 - FLOPs: analytic (`vin.eval.flops.analytic_flops`, always) and counted (`counted_flops`, on request,
   in this process, on the meta device: the sampler's ops on shapes only).
 With `repeats` > 1 each repeat is a fresh process and the median is reported (every run is kept).
@@ -57,6 +57,20 @@ def _maxrss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process: Linux VmHWM, which `_reset_peak_rss` resets. Not ru_maxrss: on
+    Linux it also holds the peak of the parent's memory image this process was forked from before
+    its exec (a spawned child of a 340 MB parent reads >= 340 MB), and clear_refs does not reset that."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return _maxrss_mb()
+
+
 def _reset_peak_rss() -> bool:
     """Linux >= 4.0: set the peak RSS to the current RSS. False where that is not possible."""
     try:
@@ -97,13 +111,13 @@ def _timed_run(checkpoint: str, strategy: str, sample: SampleConfig, prompts: li
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device) / 2**20
     reset = _reset_peak_rss()
-    before = _rss_mb() if reset else _maxrss_mb()
+    before = _rss_mb() if reset else _peak_rss_mb()
     t0 = time.perf_counter()
     sampler(model, prompts, sample, size, device)
     if cuda:
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 - base if cuda else _maxrss_mb() - before
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 - base if cuda else _peak_rss_mb() - before
     return {"wall_s": wall, "peak_mem_mb": max(0.0, peak), "peak_reset": reset or cuda}
 
 
