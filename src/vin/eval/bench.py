@@ -9,7 +9,8 @@ the same number of torch threads, so that the numbers of one bench are comparabl
 - peak memory: on CPU the peak resident set size above the baseline after the warm-up. Linux: the
   freed heap is trimmed and the peak reset to the current RSS (`/proc/self/clear_refs`), so neither
   the load's nor the warm-up's transient hides a smaller peak (VmHWM, not `ru_maxrss`: see
-  `_peak_rss_mb`); elsewhere `ru_maxrss` after minus before. On CUDA: `torch.cuda.max_memory_allocated` above what is allocated before the run;
+  `_peak_rss_mb`); elsewhere `ru_maxrss` after minus before. On CUDA:
+  `torch.cuda.max_memory_allocated` above what is allocated before the run;
 - FLOPs: analytic (`vin.eval.flops.analytic_flops`, always) and counted (`counted_flops`, on request,
   in this process, on the meta device: the sampler's ops on shapes only).
 With `repeats` > 1 each repeat is a fresh process and the median is reported (every run is kept).
