@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from vin.config import STRATEGIES, SampleConfig, load_config
@@ -22,6 +23,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"vin: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+EPILOG_BENCH = """examples:
+  vin bench --procs 1 2 --frames 64 --steps 10            # multi-process VIN sampling: time, same video, traffic
+  vin bench --strategies vin full independent autoregressive freenoise spectral --frames 32 64 --steps 5 --out bench.json
+  vin bench --strategies vin full --frames 64 256 --flops-only --count-flops   # FLOPs, analytic and counted
+  vin bench --paper                                        # the paper's setting: full vs VIN FLOPs per step"""
 
 
 def _check_device(name: str) -> None:
@@ -96,18 +104,53 @@ def _torchrun_group(device: str):
 
 
 def _bench(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Three benchmarks: --procs (multi-process VIN sampling, the default), --strategies (time,
+    memory and FLOPs per strategy and length), --paper (analytic FLOPs of the paper's setting)."""
     if overrides:
         raise ValueError(f"unknown arguments: {' '.join(overrides)}")
-    from vin.distributed.bench import bench, format_table
+    if args.strategies and args.procs is not None:
+        raise ValueError("--procs and --strategies are separate benchmarks; give one of them")
+    run_procs = args.procs is not None or not (args.strategies or args.paper)
+    if args.out is not None and run_procs:
+        raise ValueError("--out records --strategies and --paper runs, not --procs")
+    for flag in ("count_flops", "flops_only"):
+        if getattr(args, flag) and not args.strategies:
+            raise ValueError(f"--{flag.replace('_', '-')} needs --strategies")
+    _check_device(args.device)
     from vin.generate import DEFAULT_CHECKPOINT, DEFAULT_PROMPT
 
-    _check_device(args.device)
-    sample = SampleConfig(frames=args.frames, chunk_frames=args.chunk_frames, overlap=args.overlap,
-                          steps=args.steps, seed=args.seed)
+    prompts = args.prompt or [DEFAULT_PROMPT]
+    sample = SampleConfig(frames=args.frames[0], chunk_frames=args.chunk_frames, overlap=args.overlap,
+                          steps=args.steps, seed=args.seed, solver=args.solver, cfg=args.cfg,
+                          attention_limit_gb=args.attention_limit_gb)
+    record: dict = {}
+    if args.strategies:
+        from vin.eval.bench import bench_strategies, format_strategy_table
+
+        progress = None if args.quiet else (lambda message: print(f"bench: {message}", file=sys.stderr))
+        record = bench_strategies(args.checkpoint, args.strategies, args.frames, sample, prompts, args.device,
+                                  args.threads, args.repeats, args.count_flops, not args.flops_only, progress)
+        print(format_strategy_table(record))
+    if args.paper:
+        from vin.eval.paper_scale import format_paper_table, paper_scale_table
+
+        record["paper"] = paper_scale_table()
+        print(("\n" if args.strategies else "") + format_paper_table(record["paper"]))
+    if args.out is not None:
+        from vin.eval.bench import write_record
+
+        print(write_record(args.out, record), file=sys.stderr)
+    if not run_procs:
+        return 0
+    from vin.distributed.bench import bench, format_table
+
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
-    rows, sample = bench(checkpoint, sample, args.procs, args.prompt or [DEFAULT_PROMPT], args.device, args.threads)
-    print(format_table(rows, sample, args.threads))
-    worst = max(r.max_diff for r in rows)
+    worst = 0.0
+    for i, frames in enumerate(args.frames):
+        rows, resolved = bench(checkpoint, replace(sample, frames=frames), args.procs or [1, 2], prompts,
+                               args.device, args.threads)
+        print(("\n" if i else "") + format_table(rows, resolved, args.threads))
+        worst = max([worst] + [r.max_diff for r in rows])
     if worst > 1e-5:
         print(f"vin: error: the videos differ across process counts (max |diff| {worst:.2e})", file=sys.stderr)
         return 1
@@ -229,17 +272,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser("bench", help="time sampling one video on 1, 2, ... local processes (same result)")
-    p.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts to compare (default 1 2)")
+    p = sub.add_parser("bench", help="benchmarks: multi-process sampling (--procs), strategies (--strategies), "
+                                     "the paper's FLOPs (--paper)",
+                       epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--procs", type=int, nargs="+",
+                   help="process counts to compare for VIN sampling (the default benchmark: 1 2)")
+    p.add_argument("--strategies", nargs="+", choices=STRATEGIES, metavar="STRATEGY",
+                   help=f"time, peak memory and FLOPs of these strategies ({', '.join(STRATEGIES)})")
+    p.add_argument("--paper", action="store_true", help="print the analytic FLOPs of the paper's setting (full vs VIN)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint (default: the one shipped with vin)")
     p.add_argument("--prompt", action="append")
-    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--frames", type=int, nargs="+", default=[64], help="video lengths (default 64)")
     p.add_argument("--chunk-frames", type=int, default=0)
     p.add_argument("--overlap", type=int, default=d.overlap)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--solver", choices=("euler", "heun"), default=d.solver)
+    p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--attention-limit-gb", type=float, default=d.attention_limit_gb,
+                   help="full/spectral: larger attention is reported as refused")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1, help="--strategies: fresh-process runs per row (median)")
+    p.add_argument("--count-flops", action="store_true", help="--strategies: also count FLOPs of the real run")
+    p.add_argument("--flops-only", action="store_true", help="--strategies: FLOPs only, no timed runs")
+    p.add_argument("--out", type=Path, help="--strategies / --paper: write every row to this JSON file")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("evaluate", help="offline long-video metrics (no downloaded weights) of videos or folders",
