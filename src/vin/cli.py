@@ -157,6 +157,28 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ValueError(f"unknown arguments: {' '.join(overrides)}")
+    from vin.eval.compare import parse_methods, run_comparison
+    from vin.generate import DEFAULT_CHECKPOINT, DEFAULT_PROMPT
+
+    _check_device(args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    methods = parse_methods(args.strategies, str(args.checkpoint or DEFAULT_CHECKPOINT), args.also or [])
+    if any(n < 1 for n in args.frames) or args.steps < 1:
+        raise ValueError("--frames and --steps must be positive")
+    base = SampleConfig(chunk_frames=args.chunk_frames, overlap=args.overlap, steps=args.steps, cfg=args.cfg)
+    run_comparison(methods, sorted(set(args.frames)), args.seeds, args.prompt or [DEFAULT_PROMPT], base, args.out,
+                   device=args.device, feature=args.feature, flow=args.flow, progress=not args.quiet)
+    print(args.out / "report.html")
+    print(args.out / "report.md")
+    return 0
+
+
 def _export(args: argparse.Namespace, overrides: list[str]) -> int:
     if overrides:
         raise ValueError(f"unknown arguments: {' '.join(overrides)}")
@@ -316,6 +338,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="frame rate for the dynamic-degree sampling (default: the .json's or the file's)")
     p.add_argument("--out", type=Path, help="output JSON (default: evaluation.json next to the first input)")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("compare", help="strategies x lengths x seeds on one checkpoint -> an HTML/markdown report")
+    p.add_argument("--strategies", nargs="*", default=["vin", "independent", "full"], metavar="STRATEGY",
+                   help=f"strategies to run on --checkpoint (of {', '.join(STRATEGIES)}; default vin independent full)")
+    p.add_argument("--also", action="append", metavar="LABEL=CHECKPOINT",
+                   help="also run vin on another checkpoint, e.g. the no-global ablation (repeatable)")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint (default: the one shipped with vin)")
+    p.add_argument("--prompt", action="append", help="caption (repeat for several; default: the demo prompt)")
+    p.add_argument("--frames", type=int, nargs="+", default=[32, 64], help="video lengths (default 32 64)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"solver steps (default {d.steps})")
+    p.add_argument("--chunk-frames", type=int, default=0, help="chunk window (default: the model's)")
+    p.add_argument("--overlap", type=int, default=d.overlap)
+    p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--feature", default="pixels", help="consistency feature: pixels, ssim, hist, dino:PATH, clip:PATH")
+    p.add_argument("--flow", choices=("farneback", "dis"), default="farneback", help="optical flow for the motion metrics")
+    p.add_argument("--out", type=Path, default=Path("outputs/compare"), help="report folder (default outputs/compare)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("export", help="strip a training checkpoint to its EMA weights + config")
     p.add_argument("checkpoint", type=Path)

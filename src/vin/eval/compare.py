@@ -1,0 +1,129 @@
+"""`vin compare`: strategies x lengths x seeds on one checkpoint -> videos, metrics, compute, a report.
+
+Every method runs in this process on the same loaded weights, one after another, with the same
+prompts, seeds and solver steps, so the wall times are comparable ratios (taken in one run on one
+machine) and the videos differ only by the method. A method is a strategy (`vin`, `full`, ...)
+on the main checkpoint, or `vin` on another checkpoint (`--also LABEL=PATH`, e.g. the
+no-global-token ablation trained on the same data and budget).
+
+Seam scores and per-chunk identity use the same reference chunk windows for every method: the
+chunk layout the chunked strategies use (`chunk_layout(frames, chunk_frames, overlap)`), so a
+whole-video method (full, spectral) is measured at the same frames where a chunked one could seam.
+
+Outputs in `--out`: `videos/*.gif`, `results.json` (every run: metrics, curves, FLOPs, wall time),
+`report.html` (self-contained: GIFs and plots embedded) and `report.md` (links to the files).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from vin.config import STRATEGIES, SampleConfig
+from vin.data.video_io import to_uint8, write_video
+from vin.fileio import atomic_write_text
+from vin.sampling.chunking import boundaries, chunk_layout
+from vin.sampling.strategies import get_strategy, strategy_layout
+
+
+@dataclass(frozen=True)
+class Method:
+    """One column of the comparison: a strategy on a checkpoint (labelled for the report)."""
+
+    label: str
+    strategy: str
+    checkpoint: str
+
+
+def parse_methods(strategies: list[str], checkpoint: str, also: list[str]) -> list[Method]:
+    """`--strategies a b` on `checkpoint`, plus `--also LABEL=PATH` (strategy vin on PATH)."""
+    methods = []
+    for name in strategies:
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {name!r} (one of {', '.join(STRATEGIES)})")
+        methods.append(Method(name, name, str(checkpoint)))
+    for item in also:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise ValueError(f"--also takes LABEL=CHECKPOINT, got {item!r}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--also {label}: no checkpoint at {path}")
+        methods.append(Method(label, "vin", path))
+    labels = [m.label for m in methods]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"method labels must be unique, got {labels}")
+    if not methods:
+        raise ValueError("nothing to compare: give --strategies and/or --also")
+    return methods
+
+
+def run_comparison(methods: list[Method], lengths: list[int], seeds: list[int], prompts: list[str],
+                   base: SampleConfig, out_dir: str | Path, device: str = "cpu", feature: str = "pixels",
+                   flow: str = "farneback", progress: bool = True) -> dict:
+    """Run every (method, length, seed) on all prompts, evaluate, and write results.json + the report.
+
+    Returns the results dict (what results.json holds). A run a method refuses (e.g. `full` over its
+    attention memory limit) is recorded with its reason instead of metrics.
+    """
+    from vin.eval.evaluate import evaluate_frames
+    from vin.eval.flops import analytic_flops
+    from vin.eval.report import write_report
+    from vin.generate import load_model
+
+    out_dir = Path(out_dir)
+    if not lengths or not seeds or not prompts:
+        raise ValueError("compare needs at least one length, one seed and one prompt")
+    models = {}
+    for m in methods:  # load (and so check) every checkpoint before the first run
+        if m.checkpoint not in models:
+            models[m.checkpoint] = load_model(m.checkpoint, device)
+    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+    runs = []
+    for n in lengths:
+        for m in methods:
+            model, cfg = models[m.checkpoint]
+            F = base.chunk_frames or cfg.model.chunk_frames
+            for seed in seeds:
+                sample = replace(base, frames=n, seed=seed, strategy=m.strategy, chunk_frames=F)
+                ref_layout = chunk_layout(n, F, sample.overlap)
+                ref = boundaries(ref_layout)
+                run = {"method": m.label, "strategy": m.strategy, "checkpoint": m.checkpoint, "frames": n,
+                       "seed": seed, "boundaries": ref,
+                       "windows": [list(w) for w in strategy_layout(sample, F)]}
+                if progress:
+                    print(f"compare: {m.label} {n} frames seed {seed}", file=sys.stderr)
+                size = (cfg.data.height, cfg.data.width)
+                try:
+                    t0 = time.perf_counter()
+                    with torch.no_grad():
+                        video = get_strategy(m.strategy)(model, prompts, sample, size, device)
+                    run["wall_s"] = time.perf_counter() - t0
+                except ValueError as e:  # e.g. full attention over the memory limit
+                    run["refused"] = str(e).splitlines()[0]
+                    runs.append(run)
+                    continue
+                run["flops"] = analytic_flops(cfg.model, sample, size, m.strategy, batch=len(prompts))["total"]
+                run["videos"] = []
+                for p, clip in enumerate(video):
+                    frames = to_uint8(clip.float().cpu())
+                    name = f"videos/{_slug(m.label)}-{n}f-s{seed}-p{p}.gif"
+                    write_video(out_dir / name, frames, fps=cfg.data.fps, scale=4)
+                    ev = evaluate_frames(frames, feature=feature, flow=flow, synthetic=True, fps=cfg.data.fps,
+                                         layout=ref_layout)
+                    run["videos"].append({"prompt": prompts[p], "path": name, **ev})
+                runs.append(run)
+    results = {"methods": [asdict(m) for m in methods], "lengths": lengths, "seeds": seeds, "prompts": prompts,
+               "sample": asdict(base), "device": device, "torch_threads": torch.get_num_threads(),
+               "feature": feature, "flow": flow, "runs": runs}
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
+    write_report(results, out_dir)
+    return results
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in label)
