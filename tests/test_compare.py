@@ -106,6 +106,9 @@ def test_compare_end_to_end(tiny_checkpoint, tmp_path, capsys):
     agg = aggregate(results)
     flicker = agg[("full", 12)]["temporal_flickering"][0]
     assert re.search(rf"\| full \|[^\n]*{flicker:.3f}", md)
+    # the compute table: FLOPs relative to the first method (vin); `other` is vin on the same weights
+    row = next(line for line in md.splitlines() if line.startswith("| other |") and "e+" in line)
+    assert row.split(" | ")[2] == "1.00"
 
 
 def test_compare_bad_input_is_one_line(tmp_path, capsys):

@@ -95,7 +95,8 @@ def write_report(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
         path = _plot_curves(results, methods, n, out_dir / f"curves-{n}f.png")
         if path:
             plots[f"curves-{n}"] = path
-    tables = {n: _table(agg, methods, n, names + ["flops", "wall_s"]) for n in lengths}
+    tables = {n: _table(agg, methods, n, names) for n in lengths}
+    tables["compute"] = _compute_table(agg, methods, lengths)
     md = _markdown(results, tables, plots, out_dir)
     page = _html(results, tables, plots, out_dir)
     atomic_write_text(out_dir / "report.md", md)
@@ -121,6 +122,30 @@ def _table(agg: dict, methods: list[str], frames: int, names: list[str]) -> dict
         rows.append([m] + [_fmt(name, *cell[name]) if name in cell else "–" for name in names])
         marks.append([False] + [m in best.get(name, set()) for name in names])
     header = ["method"] + [_label(n) for n in names]
+    return {"header": header, "rows": rows, "best": marks}
+
+
+def _compute_table(agg: dict, methods: list[str], lengths: list[int]) -> dict:
+    """Rows: methods; columns: analytic FLOPs and wall time per length, and both relative to the
+    first method (the ratio is what one run on one machine measures meaningfully)."""
+    header, rows, marks = ["method"], [], []
+    for n in lengths:
+        header += [f"FLOPs @{n}", f"÷ {methods[0]}", f"wall s @{n}", f"÷ {methods[0]}"]
+    for m in methods:
+        row, mark = [m], [False]
+        for n in lengths:
+            cell, ref = agg.get((m, n), {}), agg.get((methods[0], n), {})
+            best = best_cells(agg, methods, n, ["flops", "wall_s"])
+            for name in ("flops", "wall_s"):
+                if name in cell:
+                    ratio = f"{cell[name][0] / ref[name][0]:.2f}" if name in ref else "–"
+                    row += [_fmt(name, *cell[name]), ratio]
+                    mark += [m in best.get(name, set()), False]
+                else:
+                    row += ["refused" if (m, n) in agg else "–", ""]
+                    mark += [False, False]
+        rows.append(row)
+        marks.append(mark)
     return {"header": header, "rows": rows, "best": marks}
 
 
@@ -261,11 +286,12 @@ def _markdown(results: dict, tables: dict, plots: dict, out_dir: Path) -> str:
     lines = ["# vin compare", ""]
     lines += [f"- **{k}**: {v}" for k, v in _settings(results)] + [""]
     for n, t in tables.items():
-        lines += [f"## {n} frames", "", "| " + " | ".join(t["header"]) + " |", "|" + "---|" * len(t["header"])]
+        lines += [f"## {_title(n)}", "", "| " + " | ".join(t["header"]) + " |", "|" + "---|" * len(t["header"])]
         for row, marks in zip(t["rows"], t["best"]):
             lines.append("| " + " | ".join(f"**{c}**" if b else c for c, b in zip(row, marks)) + " |")
         lines.append("")
-    lines += ["Bold: the best value of the column (↑ higher is better, ↓ lower, →1 closest to 1).", ""]
+    lines += ["Bold: the best value of the column (↑ higher is better, ↓ lower, →1 closest to 1). Read the "
+              "consistency columns next to the motion ones (flow magnitude): a static video is perfectly consistent.", ""]
     for key, path in plots.items():
         lines += [f"![{key}]({Path(path).relative_to(out_dir)})", ""]
     for p, grid in _gif_rows(results).items():
@@ -275,6 +301,10 @@ def _markdown(results: dict, tables: dict, plots: dict, out_dir: Path) -> str:
             lines.append(f"| {m} | " + " | ".join(f"![]({q})" if q else "refused" for q in paths) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _title(key) -> str:
+    return "Compute (analytic FLOPs per run of all prompts; wall time in this process)" if key == "compute" else f"{key} frames"
 
 
 def _data_uri(path: Path, mime: str) -> str:
@@ -303,9 +333,10 @@ def _html(results: dict, tables: dict, plots: dict, out_dir: Path) -> str:
         parts.append("</table>")
     parts.append("<h2>Metrics</h2><p>Mean over seeds and prompts (± standard deviation). Green: the best value of "
                  "the column (↑ higher is better, ↓ lower, →1 closest to 1); unmarked columns measure how much "
-                 "motion there is, not quality.</p>")
+                 "motion there is, not quality. Read the consistency columns next to the motion ones: a static video "
+                 "is perfectly consistent.</p>")
     for n, t in tables.items():
-        parts.append(f"<h3>{n} frames</h3><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in t["header"]) + "</tr>")
+        parts.append(f"<h3>{_title(n)}</h3><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in t["header"]) + "</tr>")
         for row, marks in zip(t["rows"], t["best"]):
             parts.append("<tr>" + "".join(f"<td class='best'>{e(c)}</td>" if b else f"<td>{e(c)}</td>"
                                           for c, b in zip(row, marks)) + "</tr>")
