@@ -62,6 +62,8 @@ def test_parse_methods(tmp_path):
         parse_methods([], "c", ["x=/does/not/exist"])
     with pytest.raises(ValueError, match="unique"):
         parse_methods(["vin"], "c", [f"vin={ckpt}"])
+    with pytest.raises(ValueError, match="unique"):  # both would write videos/no-global-*.gif
+        parse_methods([], "c", [f"no global={ckpt}", f"no-global={ckpt}"])
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +104,31 @@ def test_compare_end_to_end(tiny_checkpoint, tmp_path, capsys):
     md = (out / "report.md").read_text()
     for name in ("metrics_vs_length.png", "compute_vs_length.png", "curves-8f.png", "curves-12f.png"):
         assert (out / name).is_file() and name in md
-    # the table holds the aggregated value of results.json
+    # the 12-frame table holds the aggregated values of results.json, in the columns named
     agg = aggregate(results)
-    flicker = agg[("full", 12)]["temporal_flickering"][0]
-    assert re.search(rf"\| full \|[^\n]*{flicker:.3f}", md)
+    section = md.split("## 12 frames")[1].split("## ")[0]
+    header = next(line for line in section.splitlines() if line.startswith("| method"))
+    row = next(line for line in section.splitlines() if line.startswith("| full |"))
+    cells = dict(zip([c.strip() for c in header.split("|")[1:-1]], [c.strip(" *") for c in row.split("|")[1:-1]]))
+    mean, std = agg[("full", 12)]["temporal_flickering"]
+    assert cells["temporal flickering ↑"] == f"{mean:.3f} ± {std:.3f}"
     # the compute table: FLOPs relative to the first method (vin); `other` is vin on the same weights
     row = next(line for line in md.splitlines() if line.startswith("| other |") and "e+" in line)
     assert row.split(" | ")[2] == "1.00"
+
+
+def test_refused_runs_are_recorded_not_fatal(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "r"
+    rc = main(["compare", "--checkpoint", str(tiny_checkpoint), "--strategies", "vin", "full", "--frames", "8",
+               "--steps", "1", "--overlap", "2", "--attention-limit-gb", "1e-9", "--out", str(out), "--quiet"])
+    capsys.readouterr()
+    assert rc == 0
+    runs = {r["method"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert "attention" in runs["full"]["refused"] and "videos" not in runs["full"]
+    assert "videos" in runs["vin"]  # a chunked strategy does not need the whole-video attention
+    md = (out / "report.md").read_text()
+    assert re.search(r"^\| full \| refused", md, re.M)  # metrics table
+    assert "| full | refused |" in md  # the video grid
 
 
 def test_compare_bad_input_is_one_line(tmp_path, capsys):
@@ -116,3 +136,6 @@ def test_compare_bad_input_is_one_line(tmp_path, capsys):
     _, err = capsys.readouterr()
     assert rc == 2 and err.strip().count("\n") == 0 and "unknown strategy 'nope'" in err
     assert not (tmp_path / "r").exists()
+    rc = main(["compare", "--frames", "2", "--out", str(tmp_path / "r")])  # shorter than one chunk
+    _, err = capsys.readouterr()
+    assert rc == 2 and err.startswith("vin: error:") and not (tmp_path / "r").exists()

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from vin.checkpoint import CheckpointError
 from vin.config import load_config
 from vin.data.synthetic import make_batch
 from vin.models.vin import VINModel
 from vin.training.objective import context_weights, training_loss
-from vin.training.trainer import build_model, checkpoints, param_groups, train, training_lengths
+from vin.training.trainer import build_model, checkpoints, clamp_gates, param_groups, train, training_lengths
 
 REPO = Path(__file__).resolve().parents[1]
 XS_YAML = REPO / "configs" / "vin-xs.yaml"
@@ -259,6 +259,37 @@ def test_a_shut_gate_moves_at_the_gate_learning_rate():
     opt.step()
     moved = (model.dit.gate_logits.detach() - cfg.model.vin.gate_init).abs()
     torch.testing.assert_close(moved, torch.full_like(moved, 0.007), rtol=1e-3, atol=0)
+
+
+def test_resume_takes_this_runs_optimizer_settings(tmp_path):
+    """Resume restores the optimizer state but the groups keep the resumed config's settings."""
+    train(tiny_cfg("train.steps=1"), tmp_path / "a", progress=False)
+    train(tiny_cfg("train.steps=2", "train.gate_lr_mult=5", "train.weight_decay=0.5"), tmp_path / "a",
+          resume=True, progress=False)
+    meta = json.loads(load_file_meta(checkpoints(tmp_path / "a")[-1])["optim_groups"])
+    assert [(g["lr_mult"], g["weight_decay"]) for g in meta] == [(1.0, 0.5), (5.0, 0.0)]
+
+
+def test_resume_of_a_one_group_optimizer_state_says_what_to_do(tmp_path):
+    """Runs saved before the gates had their own group cannot resume; the error names init_from."""
+    cfg = tiny_cfg("train.steps=1")
+    train(cfg, tmp_path / "a", progress=False)
+    path = checkpoints(tmp_path / "a")[-1]
+    tensors, meta = load_file(str(path)), load_file_meta(path)
+    groups = json.loads(meta["optim_groups"])
+    merged = {**groups[0], "params": groups[0]["params"] + groups[1]["params"]}
+    meta["optim_groups"] = json.dumps([merged])
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="init_from"):
+        train(with_train(cfg, steps=2), tmp_path / "a", resume=True, progress=False)
+
+
+def test_gate_logits_are_clamped_after_each_step():
+    model = build_model(tiny_cfg())
+    with torch.no_grad():
+        model.dit.gate_logits.copy_(torch.tensor([[-1e6, 50.0], [-3.0, 0.0]]))  # VIN-XS: 2 blocks, 2 heads
+    clamp_gates(model)
+    assert model.dit.gate_logits.tolist() == [[-30.0, 10.0], [-3.0, 0.0]]
 
 
 def load_file_meta(path: Path) -> dict:

@@ -171,8 +171,11 @@ def _compare(args: argparse.Namespace, overrides: list[str]) -> int:
     methods = parse_methods(args.strategies, str(args.checkpoint or DEFAULT_CHECKPOINT), args.also or [])
     if any(n < 1 for n in args.frames) or args.steps < 1:
         raise ValueError("--frames and --steps must be positive")
-    base = SampleConfig(chunk_frames=args.chunk_frames, overlap=args.overlap, steps=args.steps, cfg=args.cfg)
-    run_comparison(methods, sorted(set(args.frames)), args.seeds, args.prompt or [DEFAULT_PROMPT], base, args.out,
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    base = SampleConfig(chunk_frames=args.chunk_frames, overlap=args.overlap, steps=args.steps, cfg=args.cfg,
+                        attention_limit_gb=args.attention_limit_gb)
+    run_comparison(methods, sorted(set(args.frames)), list(dict.fromkeys(args.seeds)), args.prompt or [DEFAULT_PROMPT], base, args.out,
                    device=args.device, feature=args.feature, flow=args.flow, progress=not args.quiet)
     print(args.out / "report.html")
     print(args.out / "report.md")
@@ -352,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-frames", type=int, default=0, help="chunk window (default: the model's)")
     p.add_argument("--overlap", type=int, default=d.overlap)
     p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--attention-limit-gb", type=float, default=d.attention_limit_gb,
+                   help="full/spectral: a run needing more attention memory is recorded as refused")
     p.add_argument("--feature", default="pixels", help="consistency feature: pixels, ssim, hist, dino:PATH, clip:PATH")
     p.add_argument("--flow", choices=("farneback", "dis"), default="farneback", help="optical flow for the motion metrics")
     p.add_argument("--out", type=Path, default=Path("outputs/compare"), help="report folder (default outputs/compare)")

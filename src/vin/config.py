@@ -90,6 +90,7 @@ class VINConfig:
     def __post_init__(self) -> None:
         _check(self.inject in ("concat", "cross"), f"vin.inject must be 'concat' or 'cross', got {self.inject!r}")
         _check(self.time_pos in ("absolute", "relative"), f"vin.time_pos must be 'absolute' or 'relative', got {self.time_pos!r}")
+        _check(-30.0 <= self.gate_init <= 10.0, f"vin.gate_init must be a log-weight in [-30, 10], got {self.gate_init}")
         _check(self.width % self.heads == 0, f"vin.width ({self.width}) must be divisible by vin.heads ({self.heads})")
         _check(self.num_global >= 1 and self.keyframe_stride >= 1, "vin.num_global and vin.keyframe_stride must be >= 1")
 

@@ -28,6 +28,7 @@ from vin.config import STRATEGIES, SampleConfig
 from vin.data.video_io import to_uint8, write_video
 from vin.fileio import atomic_write_text
 from vin.sampling.chunking import boundaries, chunk_layout
+from vin.sampling.common import AttentionLimitError, resolve_chunk_frames
 from vin.sampling.strategies import get_strategy, strategy_layout
 
 
@@ -54,9 +55,9 @@ def parse_methods(strategies: list[str], checkpoint: str, also: list[str]) -> li
         if not Path(path).is_file():
             raise FileNotFoundError(f"--also {label}: no checkpoint at {path}")
         methods.append(Method(label, "vin", path))
-    labels = [m.label for m in methods]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"method labels must be unique, got {labels}")
+    slugs = [_slug(m.label) for m in methods]  # the GIF file names
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"method labels must be unique (after mapping to file names), got {[m.label for m in methods]}")
     if not methods:
         raise ValueError("nothing to compare: give --strategies and/or --also")
     return methods
@@ -79,9 +80,15 @@ def run_comparison(methods: list[Method], lengths: list[int], seeds: list[int], 
     if not lengths or not seeds or not prompts:
         raise ValueError("compare needs at least one length, one seed and one prompt")
     models = {}
-    for m in methods:  # load (and so check) every checkpoint before the first run
+    for m in methods:  # load (and so check) every checkpoint and layout before the first run
         if m.checkpoint not in models:
             models[m.checkpoint] = load_model(m.checkpoint, device)
+        model, cfg = models[m.checkpoint]
+        for n in lengths:
+            sample = replace(base, frames=n, strategy=m.strategy, chunk_frames=base.chunk_frames or cfg.model.chunk_frames)
+            strategy_layout(sample, sample.chunk_frames)
+            chunk_layout(n, sample.chunk_frames, sample.overlap)  # the reference windows of every method
+            resolve_chunk_frames(model, sample)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     for path, (model, cfg) in models.items():  # untimed warm-up: the first call pays for allocator and code paths
         F = base.chunk_frames or cfg.model.chunk_frames
@@ -104,11 +111,13 @@ def run_comparison(methods: list[Method], lengths: list[int], seeds: list[int], 
                     print(f"compare: {m.label} {n} frames seed {seed}", file=sys.stderr)
                 size = (cfg.data.height, cfg.data.width)
                 try:
+                    _sync(device)
                     t0 = time.perf_counter()
                     with torch.no_grad():
                         video = get_strategy(m.strategy)(model, prompts, sample, size, device)
+                    _sync(device)
                     run["wall_s"] = time.perf_counter() - t0
-                except ValueError as e:  # e.g. full attention over the memory limit
+                except AttentionLimitError as e:  # full/spectral over --attention-limit-gb
                     run["refused"] = str(e).splitlines()[0]
                     runs.append(run)
                     continue
@@ -128,6 +137,11 @@ def run_comparison(methods: list[Method], lengths: list[int], seeds: list[int], 
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
     write_report(results, out_dir)
     return results
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _slug(label: str) -> str:

@@ -282,23 +282,28 @@ def _gif_rows(results: dict) -> dict[int, dict[str, list[str]]]:
     return grid
 
 
+def _md(text: str) -> str:
+    """A markdown table cell / heading: no pipes or newlines that would break the table."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def _markdown(results: dict, tables: dict, plots: dict, out_dir: Path) -> str:
     lines = ["# vin compare", ""]
-    lines += [f"- **{k}**: {v}" for k, v in _settings(results)] + [""]
+    lines += [f"- **{k}**: {_md(v)}" for k, v in _settings(results)] + [""]
     for n, t in tables.items():
         lines += [f"## {_title(n)}", "", "| " + " | ".join(t["header"]) + " |", "|" + "---|" * len(t["header"])]
         for row, marks in zip(t["rows"], t["best"]):
-            lines.append("| " + " | ".join(f"**{c}**" if b else c for c, b in zip(row, marks)) + " |")
+            lines.append("| " + " | ".join(f"**{_md(c)}**" if b else _md(c) for c, b in zip(row, marks)) + " |")
         lines.append("")
     lines += ["Bold: the best value of the column (↑ higher is better, ↓ lower, →1 closest to 1). Read the "
               "consistency columns next to the motion ones (flow magnitude): a static video is perfectly consistent.", ""]
     for key, path in plots.items():
         lines += [f"![{key}]({Path(path).relative_to(out_dir)})", ""]
     for p, grid in _gif_rows(results).items():
-        lines += [f"## Videos: {results['prompts'][p]}", "", "| method | " + " | ".join(f"{n} frames" for n in results["lengths"]) + " |",
+        lines += [f"## Videos: {_md(results['prompts'][p])}", "", "| method | " + " | ".join(f"{n} frames" for n in results["lengths"]) + " |",
                   "|" + "---|" * (len(results["lengths"]) + 1)]
         for m, paths in grid.items():
-            lines.append(f"| {m} | " + " | ".join(f"![]({q})" if q else "refused" for q in paths) + " |")
+            lines.append(f"| {_md(m)} | " + " | ".join(f"![]({q})" if q else "refused" for q in paths) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -122,7 +122,7 @@ def upgrade_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     out = {}
     for key, value in state.items():
         if key.split(".")[-1] == "gates":
-            key, value = key[:-len("gates")] + "gate_logits", torch.log(value.clamp(min=0) + _GATE_EPS)
+            key, value = key[:-len("gates")] + "gate_logits", torch.log(value.float().clamp(min=0) + _GATE_EPS)
         out[key] = value
     return out
 

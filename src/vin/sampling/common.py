@@ -29,6 +29,11 @@ ModelCall = Callable[[Tensor, Tensor, TextEmbedding, "Tensor | None"], Tensor]
 ReadFn = Callable[[Tensor, Tensor, TextEmbedding], "Tensor | None"]
 
 
+
+
+class AttentionLimitError(ValueError):
+    """A whole-video strategy's attention would exceed `SampleConfig.attention_limit_gb`."""
+
 def resolve_chunk_frames(model: VINModel, cfg: SampleConfig) -> int:
     """The chunk window F of this run (cfg.chunk_frames, 0: the model's), checked against the patch."""
     F = cfg.chunk_frames or model.cfg.chunk_frames
@@ -182,7 +187,7 @@ def check_attention_memory(model: VINModel, batch: int, frames: int, frame_size:
     need = maps * rows * mc.dit.heads * L * L * 4
     limit = cfg.attention_limit_gb * 2**30
     if need > limit:
-        raise ValueError(f"strategy {strategy!r} at {frames} frames needs ~{need / 2**30:.1f} GiB for attention "
+        raise AttentionLimitError(f"strategy {strategy!r} at {frames} frames needs ~{need / 2**30:.1f} GiB for attention "
                          f"({L} tokens, batch {rows}), over the limit of {cfg.attention_limit_gb} GiB "
                          "(raise --attention-limit-gb, or use a chunked strategy)")
     return need

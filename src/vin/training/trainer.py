@@ -27,7 +27,7 @@ from vin.config import Config, TrainConfig
 from vin.data.synthetic import SyntheticVideoStream
 from vin.fileio import atomic_write_text
 from vin.models.vin import VINModel, parameter_count
-from vin.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, save_checkpoint
+from vin.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata, save_checkpoint
 from vin.training.objective import training_loss
 
 if TYPE_CHECKING:  # the context type only; training does not depend on vin.distributed
@@ -123,7 +123,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     model = build_model(cfg, device)
     ema = copy.deepcopy(model).requires_grad_(False) if main else None  # identical on every rank: keep one
     opt = torch.optim.AdamW(param_groups(model, tc), lr=tc.lr, betas=(0.9, 0.99))
-    step = load_checkpoint(existing[-1], model, ema, opt) if resume else 0
+    step = _resume(existing[-1], model, ema, opt, tc) if resume else 0
     warm_start = 0
     if not resume and tc.init_from:
         step = warm_start = _init_from(cfg, model, ema)
@@ -162,6 +162,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
         (loss * (share * world) if parallel else loss).backward()  # DDP averages over ranks
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
         opt.step()
+        clamp_gates(model)
         step += 1
         if ema is not None:
             update_ema(ema, model, min(tc.ema_decay, (1 + step) / (10 + step)))
@@ -200,6 +201,33 @@ def param_groups(model: nn.Module, tc: TrainConfig) -> list[dict]:
     groups = [{"params": rest, "weight_decay": tc.weight_decay, "lr_mult": 1.0},
               {"params": gates, "weight_decay": 0.0, "lr_mult": tc.gate_lr_mult, "eps": 1e-30}]
     return [g for g in groups if g["params"]]
+
+
+GATE_RANGE = (-30.0, 10.0)  # log-weights; -30 is shut in float32 (the old linear gate's 0 is -27.6)
+
+
+def clamp_gates(model: nn.Module) -> None:
+    """Keep the gate log-weights in GATE_RANGE. With Adam eps 1e-30, a gradient whose square
+    underflows (a gate far below -40) would otherwise give a step of ~lr * g / 1e-30."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gate_logits"):
+                p.clamp_(*GATE_RANGE)
+
+
+def _resume(path: Path, model: nn.Module, ema: nn.Module | None, opt: torch.optim.Optimizer, tc: TrainConfig) -> int:
+    """Load a checkpoint to continue; the optimizer groups keep this run's settings (lr multiplier,
+    weight decay, eps) whatever the checkpoint saved, so a changed train config takes effect."""
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    saved = json.loads(read_metadata(path).get("optim_groups", "[]"))
+    if saved and len(saved) != len(fresh):
+        raise CheckpointError(f"{path} holds optimizer state for {len(saved)} parameter group(s), this version trains "
+                              f"{len(fresh)} (the global-token gates have their own since the log-space gate); start a "
+                              "new run with --train.init_from=<this checkpoint> instead of --resume")
+    step = load_checkpoint(path, model, ema, opt)
+    for group, settings in zip(opt.param_groups, fresh):
+        group.update(settings)
+    return step
 
 
 def _global_loss(loss: Tensor, share: float, ctx: "DistContext") -> float:
