@@ -1,7 +1,7 @@
 """Raise the shut global-token gates of a checkpoint to a floor, for warm-starting VIN training.
 
 Used once, for the shipped checkpoint (docs/RESULTS.md, "Phase 3"): its first 2250 steps ran with
-the old linear gate, which Adam could not open (14 of 24 heads stayed at weight 1e-12, log -27.6).
+the old linear gate, which Adam could not open (18 of 24 heads stayed at weight 1e-12, log -27.6).
 The gates below `--floor` are set to it (log-weight; -4: 32 global keys then weigh ~0.6 of one
 video key), the rest of the weights are kept, EMA weights first. Writes exported weights that
 `--train.init_from` takes.
