@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,8 @@ from vin.config import load_config
 from vin.data.synthetic import make_batch
 from vin.models.vin import VINModel
 from vin.training.objective import context_weights, training_loss
-from vin.training.trainer import build_model, checkpoints, clamp_gates, param_groups, train, training_lengths
+from vin.training.trainer import (build_model, checkpoints, clamp_gates, learning_rate, param_groups, train,
+                                  training_lengths)
 
 REPO = Path(__file__).resolve().parents[1]
 XS_YAML = REPO / "configs" / "vin-xs.yaml"
@@ -334,6 +336,58 @@ def test_resume_may_change_training_settings(tmp_path):
     stats = train(with_train(cfg, steps=3, lr=5e-4), tmp_path, resume=True, progress=False)
     assert stats["step"] == 3 and stats["lr"] == 5e-4
     assert sorted(read_log(tmp_path)) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("decay, decay_steps, min_ratio, expected", [
+    # steps=100, warmup=10, lr=1: step index -> learning rate
+    ("constant", 0, 0.0, {0: 0.1, 4: 0.5, 9: 1.0, 50: 1.0, 99: 1.0}),
+    ("linear", 20, 0.0, {0: 0.1, 9: 1.0, 79: 1.0, 80: 1.0, 90: 0.5, 95: 0.25, 99: 0.05}),
+    ("linear", 20, 0.1, {79: 1.0, 90: 0.55, 99: 0.1 + 0.9 * 0.05}),
+    ("cosine", 0, 0.0, {9: 1.0, 10: 1.0, 55: 0.5, 99: 0.5 * (1 + math.cos(math.pi * 89 / 90))}),
+    ("cosine", 40, 0.0, {59: 1.0, 60: 1.0, 80: 0.5}),
+    ("linear", 1000, 0.0, {9: 1.0, 10: 1.0, 55: 0.5}),  # longer than the run: starts after the warm-up
+])
+def test_learning_rate_schedule_known_answers(decay, decay_steps, min_ratio, expected):
+    tc = replace(load_config(XS_YAML).train, lr=1.0, steps=100, warmup_steps=10, lr_decay=decay,
+                 decay_steps=decay_steps, lr_min_ratio=min_ratio)
+    for step, lr in expected.items():
+        assert learning_rate(tc, step) == pytest.approx(lr), (step, learning_rate(tc, step), lr)
+
+
+def test_learning_rate_schedule_counts_from_a_warm_start():
+    tc = replace(load_config(XS_YAML).train, lr=1.0, steps=1100, warmup_steps=10, lr_decay="cosine")
+    assert learning_rate(tc, 1000, start=1000) == pytest.approx(0.1)  # a new warm-up
+    assert learning_rate(tc, 1055, start=1000) == pytest.approx(0.5)  # cosine over 1010..1100
+
+
+@pytest.mark.parametrize("bad", ["train.lr_decay=step", "train.decay_steps=-1", "train.lr_min_ratio=1.5"])
+def test_learning_rate_schedule_rejects_bad_settings(bad):
+    with pytest.raises(ValueError, match=bad.split("=")[0]):
+        load_config(XS_YAML, [bad])
+
+
+def test_resume_of_a_warm_started_run_keeps_its_schedule(tmp_path):
+    """A warm-started run with a cosine decay, interrupted and resumed, logs the same learning
+    rates and losses as the same run uninterrupted (the warm-start step is in the checkpoint)."""
+    from vin.checkpoint import export_weights
+
+    base = tiny_cfg("train.steps=2")
+    train(base, tmp_path / "w", progress=False)
+    weights = export_weights(checkpoints(tmp_path / "w")[-1], tmp_path / "w.safetensors")
+    cfg = tiny_cfg("train.steps=8", "train.ckpt_every=2", "train.warmup_steps=2", "train.lr_decay=cosine",
+                   f"train.init_from={weights}")
+    train(cfg, tmp_path / "a", progress=False)
+    train(with_train(cfg, steps=5), tmp_path / "b", progress=False)
+    train(with_train(cfg, init_from=""), tmp_path / "b", resume=True, progress=False)
+    log_a, log_b = read_log(tmp_path / "a"), read_log(tmp_path / "b")
+    assert sorted(log_a) == sorted(log_b) == list(range(3, 9))
+    expected = [learning_rate(cfg.train, s - 1, start=2) for s in range(3, 9)]
+    assert [log_a[s]["lr"] for s in range(3, 9)] == pytest.approx(expected)
+    # warm-up over steps 2-3 (indices), then cosine over 4..8
+    assert expected[:3] == pytest.approx([0.0005, 0.001, 0.001])
+    assert expected[-1] == pytest.approx(0.001 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+    for s in range(3, 9):
+        assert log_a[s]["lr"] == log_b[s]["lr"] and log_a[s]["loss"] == log_b[s]["loss"], s
 
 
 def test_refuses_existing_checkpoints_without_resume(tmp_path):

@@ -145,6 +145,13 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 200
+    # Learning-rate decay after the warm-up: constant | linear | cosine, down to lr * lr_min_ratio at
+    # train.steps, over the last `decay_steps` steps (0: all steps after the warm-up). A short
+    # linear decay at the end of a constant run is the warmup-stable-decay (WSD) schedule: extend
+    # a run with --resume and a larger train.steps, and the decay moves to the new end.
+    lr_decay: str = "constant"
+    decay_steps: int = 0
+    lr_min_ratio: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     chunks: tuple[int, ...] = (2, 3, 4)  # videos of these many chunks (mixed lengths, as the paper)
@@ -176,6 +183,8 @@ class TrainConfig:
         _check(len(self.chunks) > 0 and min(self.chunks) >= 1, f"train.chunks must be positive counts, got {self.chunks}")
         _check(self.batch_size >= 1 and self.steps >= 0, "train.batch_size must be >= 1 and train.steps >= 0")
         _check(self.threads >= 0, f"train.threads must be >= 0 (0: torch's default), got {self.threads}")
+        _check(self.lr_decay in ("constant", "linear", "cosine"), f"train.lr_decay must be constant, linear or cosine, got {self.lr_decay!r}")
+        _check(self.decay_steps >= 0 and 0.0 <= self.lr_min_ratio <= 1.0, "train.decay_steps must be >= 0 and train.lr_min_ratio in [0, 1]")
         _check(self.gate_lr_mult > 0, f"train.gate_lr_mult must be > 0, got {self.gate_lr_mult}")
 
 

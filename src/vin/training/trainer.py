@@ -123,8 +123,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     model = build_model(cfg, device)
     ema = copy.deepcopy(model).requires_grad_(False) if main else None  # identical on every rank: keep one
     opt = torch.optim.AdamW(param_groups(model, tc), lr=tc.lr, betas=(0.9, 0.99))
-    step = _resume(existing[-1], model, ema, opt, tc) if resume else 0
-    warm_start = 0
+    step, warm_start = _resume(existing[-1], model, ema, opt, tc) if resume else (0, 0)
     if not resume and tc.init_from:
         step = warm_start = _init_from(cfg, model, ema)
     if main:
@@ -149,7 +148,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     while step < tc.steps:
         _, video, captions = next(stream)
         video = video.to(device)
-        lr = tc.lr * min(1.0, (step - warm_start + 1) / max(1, tc.warmup_steps))
+        lr = learning_rate(tc, step, warm_start)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
         with autocast:
@@ -180,11 +179,26 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
             bar.set_postfix(loss=f"{stats['loss']:.4f}")
             window = []
         if step % tc.ckpt_every == 0 or step == tc.steps:
-            _save(run_dir, cfg, model, ema, opt, step)
+            _save(run_dir, cfg, model, ema, opt, step, warm_start)
     bar.close()
     if parallel:  # every rank returns once rank 0's last checkpoint is on disk
         torch.distributed.barrier(ctx.group)
     return stats
+
+
+def learning_rate(tc: TrainConfig, step: int, start: int = 0) -> float:
+    """The learning rate of step `step` (0-based) of a run that began, or was warm-started, at `start`:
+    a linear warm-up over train.warmup_steps, then train.lr_decay over the last train.decay_steps
+    steps before train.steps (all of them after the warm-up when 0), to lr * train.lr_min_ratio."""
+    warm = min(1.0, (step - start + 1) / max(1, tc.warmup_steps))
+    if tc.lr_decay == "constant":
+        return tc.lr * warm
+    begin = start + tc.warmup_steps
+    if tc.decay_steps:
+        begin = max(begin, tc.steps - tc.decay_steps)
+    frac = min(1.0, max(0.0, (step - begin) / max(1, tc.steps - begin)))
+    shape = 1.0 - frac if tc.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+    return tc.lr * warm * (tc.lr_min_ratio + (1.0 - tc.lr_min_ratio) * shape)
 
 
 def param_groups(model: nn.Module, tc: TrainConfig) -> list[dict]:
@@ -215,11 +229,14 @@ def clamp_gates(model: nn.Module) -> None:
                 p.clamp_(*GATE_RANGE)
 
 
-def _resume(path: Path, model: nn.Module, ema: nn.Module | None, opt: torch.optim.Optimizer, tc: TrainConfig) -> int:
-    """Load a checkpoint to continue; the optimizer groups keep this run's settings (lr multiplier,
-    weight decay, eps) whatever the checkpoint saved, so a changed train config takes effect."""
+def _resume(path: Path, model: nn.Module, ema: nn.Module | None, opt: torch.optim.Optimizer,
+            tc: TrainConfig) -> tuple[int, int]:
+    """Load a checkpoint to continue; returns (step, the step the run started at). The optimizer
+    groups keep this run's settings (lr multiplier, weight decay, eps) whatever the checkpoint
+    saved, so a changed train config takes effect."""
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-    saved = json.loads(read_metadata(path).get("optim_groups", "[]"))
+    meta = read_metadata(path)
+    saved = json.loads(meta.get("optim_groups", "[]"))
     if saved and len(saved) != len(fresh):
         raise CheckpointError(f"{path} holds optimizer state for {len(saved)} parameter group(s), this version trains "
                               f"{len(fresh)} (the global-token gates have their own since the log-space gate); start a "
@@ -227,7 +244,7 @@ def _resume(path: Path, model: nn.Module, ema: nn.Module | None, opt: torch.opti
     step = load_checkpoint(path, model, ema, opt)
     for group, settings in zip(opt.param_groups, fresh):
         group.update(settings)
-    return step
+    return step, int(meta.get("start_step", 0))
 
 
 def _global_loss(loss: Tensor, share: float, ctx: "DistContext") -> float:
@@ -251,8 +268,9 @@ def _init_from(cfg: Config, model: nn.Module, ema: nn.Module | None) -> int:
     return step
 
 
-def _save(run_dir: Path, cfg: Config, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
-    save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}.safetensors", cfg, model, ema, opt, step)
+def _save(run_dir: Path, cfg: Config, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, step: int,
+          start: int) -> None:
+    save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}.safetensors", cfg, model, ema, opt, step, start)
     for old in checkpoints(run_dir)[:-cfg.train.keep_checkpoints]:
         old.unlink()
 
