@@ -23,8 +23,8 @@ from vin.training.trainer import checkpoints
 
 PROMPTS = [
     "a large red circle and a small white square on a blue striped background",
-    "a green triangle on a black background",
-    "a yellow cross and a magenta circle",
+    "a green triangle on a plain white background",
+    "a yellow diamond and a magenta circle",
 ]
 
 

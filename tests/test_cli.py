@@ -158,6 +158,17 @@ def test_same_seed_same_video(ws, capsys):
     assert (ws / "a.mp4").read_bytes() == (ws / "b.mp4").read_bytes()
 
 
+def test_words_outside_the_training_captions_are_named(ws, capsys):
+    rc, _, err = vin_inprocess(["generate", "--checkpoint", CKPT, *GEN_ARGS, "--prompt", "a red Cross on black",
+                                "--out", "w.gif"], capsys)
+    assert rc == 0, err
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "'black', 'cross'" in warning[0] and "checkered" in warning[0]
+    rc, _, err = vin_inprocess(["generate", "--checkpoint", CKPT, *GEN_ARGS, "--prompt", "a red circle on a blue "
+                                "checkered background", "--out", "k.gif"], capsys)
+    assert rc == 0 and "warning" not in err
+
+
 def test_export_then_generate(ws, capsys):
     rc, out, err = vin_inprocess(["export", CKPT, "--out", "w/exported.safetensors"], capsys)
     assert rc == 0, err

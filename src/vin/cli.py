@@ -62,6 +62,18 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _warn_unseen_words(prompts: list[str]) -> None:
+    """Captions are hashed, so any word is accepted, but the models are trained on the sprite
+    world's captions only: say which words they never saw (they act as noise, not as meaning)."""
+    from vin.data.synthetic import VOCABULARY
+    from vin.models.text import caption_words
+
+    unseen = sorted({w for p in prompts for w in caption_words(p) if w not in VOCABULARY})
+    if unseen:
+        print(f"vin: warning: the training captions never use {', '.join(map(repr, unseen))}; known words: "
+              f"{' '.join(VOCABULARY)}", file=sys.stderr)
+
+
 def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
     if overrides:
         raise ValueError(f"unknown arguments: {' '.join(overrides)}")
@@ -76,6 +88,7 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
                           attention_limit_gb=args.attention_limit_gb, freenoise_weights=args.freenoise_weights,
                           spectral_cutoff=args.spectral_cutoff)
     prompts = args.prompt or [DEFAULT_PROMPT]
+    _warn_unseen_words(prompts)
     _check_device(args.device)
     kwargs = dict(checkpoint=args.checkpoint, device=args.device, strip=not args.no_strip, scale=args.scale,
                   progress=not args.quiet)
@@ -175,7 +188,9 @@ def _compare(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     base = SampleConfig(chunk_frames=args.chunk_frames, overlap=args.overlap, steps=args.steps, cfg=args.cfg,
                         attention_limit_gb=args.attention_limit_gb)
-    run_comparison(methods, sorted(set(args.frames)), list(dict.fromkeys(args.seeds)), args.prompt or [DEFAULT_PROMPT], base, args.out,
+    prompts = args.prompt or [DEFAULT_PROMPT]
+    _warn_unseen_words(prompts)
+    run_comparison(methods, sorted(set(args.frames)), list(dict.fromkeys(args.seeds)), prompts, base, args.out,
                    device=args.device, feature=args.feature, flow=args.flow, progress=not args.quiet)
     print(args.out / "report.html")
     print(args.out / "report.md")

@@ -21,11 +21,16 @@ PAD, EMPTY = 0, 1
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+def caption_words(caption: str) -> list[str]:
+    """The words the encoder sees: lower-case runs of letters and digits."""
+    return _WORD.findall(caption.lower())
+
+
 def tokenize(captions: list[str], vocab_size: int, max_tokens: int) -> Tensor:
     """Captions -> (B, max_tokens) int64 ids; words past `max_tokens` are dropped."""
     ids = torch.full((len(captions), max_tokens), PAD, dtype=torch.long)
     for i, caption in enumerate(captions):
-        words = _WORD.findall(caption.lower())[:max_tokens]
+        words = caption_words(caption)[:max_tokens]
         if not words:
             ids[i, 0] = EMPTY
         for j, w in enumerate(words):
