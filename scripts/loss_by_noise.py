@@ -1,0 +1,97 @@
+"""Denoising error by noise level: where do the caption and the global tokens help?
+
+For each checkpoint and each fixed t, the x0 error (MSE of the clean-video estimate, [-1, 1]
+pixels) of the training objective on held-out sprite-world videos of `--chunks` chunks, with the
+caption given or empty and, for VIN checkpoints, with the global tokens read or withheld
+(`none`: the plain chunk DiT, as `--no-global`). Same videos, noise and t for every row.
+
+    python scripts/loss_by_noise.py vin=src/vin/weights/vin-s.safetensors \
+        ablation=checkpoints/vin-s-noglobal.safetensors --batches 4 --out docs/logs/loss-by-noise.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from vin.checkpoint import checkpoint_config, load_checkpoint
+from vin.data.synthetic import make_batch
+from vin.diffusion.flow import interpolate
+from vin.sampling.chunking import chunk_layout, split_chunks
+from vin.training.trainer import build_model
+
+T_VALUES = (0.3, 0.6, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
+
+
+def x0_error(model, video: torch.Tensor, captions: list[str], t: float, noise: torch.Tensor, context: int,
+             use_global: bool) -> float:
+    """MSE between the clean video and the model's estimate of it, averaged over chunks and pixels."""
+    F = model.cfg.chunk_frames
+    layout = chunk_layout(video.shape[2], F, context)
+    tt = torch.full((video.shape[0],), t)
+    x_t = interpolate(video, noise, tt)
+    text = model.encode_text(captions)
+    z = model.read(x_t, tt, text) if use_global and model.interface is not None else None
+    chunks = split_chunks(x_t, layout)
+    v = model.denoise_chunks(chunks, tt, text, z)
+    x0 = chunks - t * v.float()
+    return ((x0 - split_chunks(video, layout)) ** 2).mean().item()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("models", nargs="+", help="LABEL=CHECKPOINT")
+    p.add_argument("--chunks", type=int, default=4, help="chunks per held-out video")
+    p.add_argument("--batches", type=int, default=4, help="held-out batches of 8 videos")
+    p.add_argument("--seed", type=int, default=999, help="held-out data stream (training uses seed 0)")
+    p.add_argument("--t", type=float, nargs="+", default=list(T_VALUES))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, help="also write the markdown table here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rows = []
+    for spec in args.models:
+        label, _, path = spec.partition("=")
+        if not path or not Path(path).is_file():
+            print(f"loss_by_noise: error: {spec!r} is not LABEL=CHECKPOINT of an existing file", file=sys.stderr)
+            return 2
+        cfg = checkpoint_config(path)
+        model = build_model(cfg)
+        load_checkpoint(path, model, weights="ema")
+        model.eval()
+        F, K = cfg.model.chunk_frames, cfg.train.context_frames
+        n_frames = args.chunks * (F - K) + K
+        variants = [("caption", True, True), ("empty caption", False, True)]
+        if model.interface is not None:
+            variants += [("caption, no global tokens", True, False)]
+        for name, caption, use_global in variants:
+            errs = {t: 0.0 for t in args.t}
+            with torch.no_grad():
+                for b in range(args.batches):
+                    video, captions, _ = make_batch(args.seed, b, 8, n_frames, cfg.data)
+                    gen = torch.Generator().manual_seed(b)
+                    noise = torch.randn(video.shape, generator=gen)
+                    caps = captions if caption else [""] * len(captions)
+                    for t in args.t:
+                        errs[t] += x0_error(model, video, caps, t, noise, K, use_global) / args.batches
+            rows.append((f"{label}: {name}", errs))
+            print(rows[-1][0], " ".join(f"{errs[t]:.4f}" for t in args.t), file=sys.stderr)
+
+    head = "| model: inputs | " + " | ".join(f"t={t:g}" for t in args.t) + " |"
+    lines = [head, "|---" * (len(args.t) + 1) + "|"]
+    lines += ["| " + name + " | " + " | ".join(f"{errs[t]:.4f}" for t in args.t) + " |" for name, errs in rows]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(f"x0 MSE on {args.batches * 8} held-out videos of {args.chunks} chunks (seed {args.seed})\n\n"
+                            + table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
