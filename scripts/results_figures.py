@@ -42,11 +42,14 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--step", type=int, help="checkpoint step of both runs (default: the newest step both have)")
+    ap.add_argument("--mark", action="append", default=[], metavar="STEP=LABEL",
+                    help="a dashed line on the loss plot (repeatable), e.g. where the training settings change")
     args = ap.parse_args()
+    marks = {int(m.split("=", 1)[0]): m.split("=", 1)[1] for m in args.mark}
     step = args.step or min(_steps(args.vin)[-1], _steps(args.ablation)[-1])
 
     print(plot_losses([args.vin, args.ablation], args.out / "loss.png", labels=["VIN", "no global tokens"],
-                      title="training loss, VIN-S/4 on the synthetic sprite world"))
+                      title="training loss, VIN-S/4 on the synthetic sprite world", marks=marks))
     models = {name: load_model(run / "checkpoints" / f"step-{step:07d}.safetensors")
               for name, run in (("VIN", args.vin), ("no global", args.ablation))}
     for frames in args.lengths:

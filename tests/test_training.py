@@ -511,3 +511,23 @@ def test_init_from_exported_weights_continues_from_its_step(tmp_path):
     other = replace(warm, model=replace(warm.model, vin=replace(warm.model.vin, num_global=4)))
     with pytest.raises(CheckpointError, match="num_global"):
         train(other, tmp_path / "c", progress=False)
+
+
+def test_loss_plot_with_marks(tmp_path):
+    """`vin plot` / plot_losses: one PNG for several runs, with marks; labels must match the runs."""
+    from PIL import Image
+
+    from vin.training.logplot import plot_losses
+
+    for name, scale in (("a", 1.0), ("b", 2.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "log.jsonl").write_text(
+            "".join(json.dumps({"step": s, "loss": scale / s}) + "\n" for s in range(1, 40)))
+    out = plot_losses([tmp_path / "a", tmp_path / "b"], tmp_path / "p" / "loss.png", labels=["A", "B"],
+                      marks={20: "settings change"})
+    assert out == tmp_path / "p" / "loss.png"
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 400
+    with pytest.raises(ValueError, match="labels"):
+        plot_losses([tmp_path / "a"], tmp_path / "q.png", labels=["A", "B"])
+    assert not (tmp_path / "q.png").exists()

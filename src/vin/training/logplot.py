@@ -39,8 +39,9 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
 
 
 def plot_losses(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None,
-                window: int = 8, title: str | None = None) -> Path:
-    """Training loss against step for each run (raw, faint; smoothed, solid), log-scale loss."""
+                window: int = 8, title: str | None = None, marks: dict[int, str] | None = None) -> Path:
+    """Training loss against step for each run (raw, faint; smoothed, solid), log-scale loss.
+    `marks`: step -> label, drawn as dashed vertical lines (e.g. where the training settings change)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,6 +57,10 @@ def plot_losses(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequenc
         loss = [r["loss"] for r in log]
         (line,) = ax.plot(steps, smooth(loss, window), label=f"{label} (last {loss[-1]:.4f})" if loss else label)
         ax.plot(steps, loss, color=line.get_color(), alpha=0.25, linewidth=0.8)
+    for step, text in (marks or {}).items():
+        ax.axvline(step, color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(text, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
+                    textcoords="offset points", va="top", fontsize=7, color="dimgrey")
     ax.set_xlabel("step")
     ax.set_ylabel("flow-matching loss (MSE on velocity)")
     ax.set_yscale("log")
