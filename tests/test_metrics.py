@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -19,7 +20,7 @@ from vin.eval import metrics as M
 from vin.eval.evaluate import METRIC_NAMES, evaluate_frames
 from vin.eval.resolution import detect_upscale, downscale
 from vin.eval.features import colour_histogram, get_feature, hist_similarity, ssim
-from vin.eval.identity import check_texture_palette, identity_consistency
+from vin.eval.identity import caption_adherence, caption_colours, check_texture_palette, identity_consistency
 
 CFG = DataConfig()  # 32x32, the sprite world's native size
 FEATURES = ("pixels", "ssim", "hist")
@@ -223,6 +224,35 @@ def test_colour_swap_in_one_chunk():
     assert metrics["identity_both"] == 0.75 and metrics["identity_chunks"] == 0.75
 
 
+@pytest.mark.parametrize("caption, expected", [
+    ("a large red circle and a small white square on a blue striped background", ("blue", ("red", "white"))),
+    ("a circle and a square on a plain green background", ("green", ())),
+    ("a yellow diamond and a magenta circle", (None, ("yellow", "magenta"))),
+    ("a red circle on a striped background", (None, ("red",))),
+    ("A Red circle ON a Cyan background", ("cyan", ("red",))),
+])
+def test_caption_colours_known_answers(caption, expected):
+    assert caption_colours(caption) == expected
+
+
+def test_caption_adherence_counts_frames():
+    """Red square + yellow circle on blue; chunk 2 turns the square green: the caption's background
+    holds in every frame, its sprite colours in 3/4 of them; a wrong caption scores 0."""
+    frames = render(two_sprites(), CFG, 0, 32)
+    frames[16:24] = render(two_sprites(first_colour=1), CFG, 16, 8)
+    ident = identity_consistency(frames, [8, 16, 24])
+    assert caption_adherence(ident, "a red square and a yellow circle on a blue striped background") == \
+        {"caption_background": 1.0, "caption_sprites": 0.75}
+    assert caption_adherence(ident, "a square and a yellow circle on a white background") == \
+        {"caption_background": 0.0, "caption_sprites": 1.0}
+    assert caption_adherence(ident, "a square and a circle") == {"caption_background": None, "caption_sprites": None}
+    assert caption_adherence(ident, "a red square on a blue background; a green square") == \
+        {"caption_background": None, "caption_sprites": None}  # per-chunk schedules are not judged
+    m = evaluate_frames(frames, [8, 16, 24], caption="a red square on a blue background")["metrics"]
+    assert (m["caption_background"], m["caption_sprites"]) == (1.0, 0.75)
+    assert evaluate_frames(frames, [8, 16, 24])["metrics"]["caption_background"] is None
+
+
 def test_anti_aliased_rims_never_count_as_sprites():
     for seed in range(12):
         spec = sample_spec(np.random.default_rng(seed), CFG)
@@ -266,6 +296,7 @@ def test_cli_evaluate_writes_json(tmp_path, capsys):
     write_video(tmp_path / "b.gif", frames, fps=8, scale=8)
     # a `vin generate` sidecar for a.mp4: its layout wins over --chunk-frames
     (tmp_path / "a.json").write_text(json.dumps({"layout": [[0, 8], [6, 14], [12, 20], [16, 24]],
+                                                 "prompts": ["a red square on a white background"],
                                                  "model_config": {"data": {"height": 32, "width": 32, "fps": 8}}}))
     out = tmp_path / "res" / "eval.json"
     assert main(["evaluate", str(tmp_path), "--chunk-frames", "8", "--feature", "hist", "--out", str(out)]) == 0
@@ -280,6 +311,9 @@ def test_cli_evaluate_writes_json(tmp_path, capsys):
         assert v["feature"] == "hist" and v["flow_method"] == "farneback"
         assert v["identity"]["background"] == "blue" and v["identity"]["sprites"] == ["red", "yellow"]
         assert v["metrics"]["identity_both"] == 1.0 and v["metrics"]["scene_cuts"] == 0
+    # the sidecar's prompt is judged (wrong background, right sprite); b.gif has no prompt
+    assert (a["metrics"]["caption_background"], a["metrics"]["caption_sprites"]) == (0.0, 1.0)
+    assert b["metrics"]["caption_background"] is None
     assert record["summary"]["videos"] == 2
     assert record["summary"]["metrics"]["identity_both"] == {"mean": 1.0, "std": 0.0, "n": 2}
     assert set(record["summary"]["metrics"]) == set(METRIC_NAMES)
@@ -322,3 +356,14 @@ def test_cli_evaluate_help(capsys):
     for option in ("VIDEO_OR_FOLDER", "--chunk-frames", "--overlap", "--feature", "--flow", "--no-synthetic",
                    "--downscale", "--out"):
         assert option in out, option
+
+
+def test_prompt_of_a_video_from_its_sidecar():
+    from vin.eval.evaluate import _prompt_of
+
+    two = {"prompts": ["a red circle", "a blue square"]}
+    assert _prompt_of(Path("o/out-1.mp4"), two) == "a blue square"
+    assert _prompt_of(Path("o/out-0.gif"), two) == "a red circle"
+    assert _prompt_of(Path("o/out.mp4"), two) is None and _prompt_of(Path("o/out-7.mp4"), two) is None
+    assert _prompt_of(Path("o/v.mp4"), {"prompts": ["a red circle"]}) == "a red circle"
+    assert _prompt_of(Path("o/v.mp4"), None) is None and _prompt_of(Path("o/v.mp4"), {"prompts": [3]}) is None

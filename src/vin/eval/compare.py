@@ -128,7 +128,7 @@ def run_comparison(methods: list[Method], lengths: list[int], seeds: list[int], 
                     name = f"videos/{_slug(m.label)}-{n}f-s{seed}-p{p}.gif"
                     write_video(out_dir / name, frames, fps=cfg.data.fps, scale=4)
                     ev = evaluate_frames(frames, feature=feature, flow=flow, synthetic=True, fps=cfg.data.fps,
-                                         layout=ref_layout)
+                                         layout=ref_layout, caption=prompts[p])
                     run["videos"].append({"prompt": prompts[p], "path": name, **ev})
                 runs.append(run)
     results = {"methods": [asdict(m) for m in methods], "lengths": lengths, "seeds": seeds, "prompts": prompts,

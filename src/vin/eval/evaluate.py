@@ -42,6 +42,7 @@ METRIC_NAMES = (
     "subject_consistency", "background_consistency", "seam_score", "seam_boundary_diff", "seam_inside_diff",
     "drift_last", "drift_mean", "drift_slope_per_frame",
     "identity_background", "identity_sprites", "identity_both", "identity_chunks",
+    "caption_background", "caption_sprites",
 )
 
 
@@ -62,7 +63,7 @@ def _clean(x):
 
 def evaluate_frames(frames: np.ndarray, boundaries: Sequence[int] | None = None, *, feature: str = "pixels",
                     flow: str = "farneback", synthetic: bool = True, fps: float = DEFAULT_FPS,
-                    layout: Sequence[Sequence[int]] | None = None) -> dict:
+                    layout: Sequence[Sequence[int]] | None = None, caption: str | None = None) -> dict:
     """All metrics of one video, (T, H, W, 3) uint8 at the resolution to evaluate.
 
     ``boundaries``: frame indices where chunks start (``chunking.boundaries(layout)``); or give the
@@ -70,7 +71,8 @@ def evaluate_frames(frames: np.ndarray, boundaries: Sequence[int] | None = None,
     windows). Returns ``{"frames": T, "frame_size": [H, W], "boundaries": [...], "flow_method",
     "feature", "fps", "metrics": {name: float | int | None}, "curves": {name: [T floats]},
     "scene_cut_frames": [...], "identity": {...}}`` ("identity" only when ``synthetic``); see
-    :data:`METRIC_NAMES` and the README for the metrics."""
+    :data:`METRIC_NAMES` and the README for the metrics. ``caption``: the video's prompt, for the
+    caption-adherence metrics of the sprite world (None without one)."""
     f = M._check(frames)
     check_method(flow)
     feat = get_feature(feature)
@@ -113,14 +115,16 @@ def evaluate_frames(frames: np.ndarray, boundaries: Sequence[int] | None = None,
            "feature": feat.name, "fps": float(fps), "metrics": metrics,
            "curves": {**M.curves(f, fwd), "sim_to_first": dr["curve"]}, "scene_cut_frames": cuts}
     if synthetic:
-        from vin.eval.identity import identity_consistency
+        from vin.eval.identity import caption_adherence, identity_consistency
 
         ident = identity_consistency(f, layout if layout is not None else bs)
         metrics.update(identity_background=ident["frames_background"], identity_sprites=ident["frames_sprites"],
                        identity_both=ident["frames_both"], identity_chunks=ident["chunks_both"])
+        metrics.update(caption_adherence(ident, caption) if caption is not None
+                       else {"caption_background": None, "caption_sprites": None})
         out["identity"] = ident
     else:
-        metrics.update({k: None for k in METRIC_NAMES if k.startswith("identity_")})
+        metrics.update({k: None for k in METRIC_NAMES if k.startswith(("identity_", "caption_"))})
     out["metrics"] = {k: metrics[k] for k in METRIC_NAMES}
     return _clean(out)
 
@@ -144,6 +148,17 @@ def _sidecar(path: Path) -> dict | None:
                 record["_path"] = str(c)
                 return record
     return None
+
+
+def _prompt_of(path: Path, record: dict | None) -> str | None:
+    """The prompt of this video in its sidecar: the only one, or prompt i for ``out-<i>.mp4``."""
+    prompts = (record or {}).get("prompts")
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        return None
+    if len(prompts) == 1:
+        return prompts[0]
+    m = re.fullmatch(r".+-(\d+)", path.stem)
+    return prompts[int(m.group(1))] if m and int(m.group(1)) < len(prompts) else None
 
 
 def _file_fps(path: Path) -> float | None:
@@ -237,7 +252,7 @@ def evaluate_paths(paths: Sequence[str | Path], chunk_frames: int | None = None,
         rate = fps or ((record or {}).get("model_config") or {}).get("data", {}).get("fps") or _file_fps(path) \
             or DEFAULT_FPS
         result = evaluate_frames(frames, None, feature=feature, flow=flow, synthetic=synthetic, fps=float(rate),
-                                 layout=layout)
+                                 layout=layout, caption=_prompt_of(path, record))
         per_video[str(path)] = {"path": str(path), "boundaries_from": source,
                                 "layout": [list(w) for w in layout] if layout else None,
                                 "downscale": factor, "stored_size": stored, **result}
@@ -260,7 +275,7 @@ TABLE_COLUMNS = (  # (metric, header, format)
     ("warp_error", "warp", "{:.2f}"), ("mawe", "MAWE", "{:.3f}"), ("scene_cuts", "cuts", "{:.0f}"),
     ("subject_consistency", "subject", "{:.4f}"), ("background_consistency", "backgr", "{:.4f}"),
     ("seam_score", "seam", "{:.2f}"), ("drift_last", "drift", "{:.3f}"), ("identity_both", "ident", "{:.3f}"),
-    ("identity_chunks", "id chunks", "{:.3f}"),
+    ("identity_chunks", "id chunks", "{:.3f}"), ("caption_background", "cap bg", "{:.3f}"),
 )
 
 

@@ -19,7 +19,8 @@ background pixels, the colour darkened x0.8, map to the same index for all 8 col
 
 The video's majority background and majority sprite set (most common over frames; ties go to the
 first seen) are its identity; ``identity_consistency`` reports the fraction of frames (and of
-chunks, by each chunk's own majority) that agree with it.
+chunks, by each chunk's own majority) that agree with it. ``caption_adherence`` compares the
+per-frame identities with the colours a caption names (``caption_colours``).
 """
 
 from __future__ import annotations
@@ -73,6 +74,38 @@ def _windows(t: int, chunks: Sequence[Sequence[int]] | Sequence[int] | None) -> 
         edges = [0, *sorted(int(b) for b in chunks), t]
         return [(s, e) for s, e in zip(edges[:-1], edges[1:]) if e > s]
     return [(int(s), int(e)) for s, e in chunks]
+
+
+def caption_colours(caption: str) -> tuple[str | None, tuple[str, ...]]:
+    """(background colour, sprite colours) that a sprite-world caption names, e.g.
+    "a large red circle and a square on a blue striped background" -> ("blue", ("red",)).
+    The background phrase is the one after the last "on" that ends in "background"."""
+    from vin.models.text import caption_words
+
+    words = caption_words(caption)
+    colours = set(PALETTE_NAMES)
+    cut = len(words)
+    if "background" in words and "on" in words:
+        cut = len(words) - 1 - words[::-1].index("on")
+    background = [w for w in words[cut:] if w in colours]
+    sprites = tuple(dict.fromkeys(w for w in words[:cut] if w in colours))
+    return (background[0] if background else None), sprites
+
+
+def caption_adherence(identity: dict, caption: str) -> dict:
+    """Fractions of frames that show what the caption names: ``caption_background`` (the frame's
+    background is the named colour) and ``caption_sprites`` (every named sprite colour is among
+    the frame's sprites); None where the caption names no such colour or is a per-chunk schedule
+    ("a; b"). ``identity`` is :func:`identity_consistency`'s result."""
+    if ";" in caption:
+        return {"caption_background": None, "caption_sprites": None}
+    background, sprites = caption_colours(caption)
+    bgs, sps = identity["per_frame_background"], identity["per_frame_sprites"]
+    t = len(bgs)
+    return {
+        "caption_background": None if background is None else sum(b == background for b in bgs) / t,
+        "caption_sprites": None if not sprites else sum(set(sprites) <= set(s) for s in sps) / t,
+    }
 
 
 def _names(indices: Sequence[int]) -> list[str]:
