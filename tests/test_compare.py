@@ -85,7 +85,7 @@ def test_compare_end_to_end(tiny_checkpoint, tmp_path, capsys):
     stdout, _ = capsys.readouterr()
     assert rc == 0 and stdout.split() == [str(out / "report.html"), str(out / "report.md")]
     results = json.loads((out / "results.json").read_text())
-    assert len(results["runs"]) == 4 * 2 * 2
+    assert len(results["runs"]) == 4 * 2 * 2 and results["complete"] is True
     for run in results["runs"]:
         assert run["flops"] > 0 and run["wall_s"] > 0
         video = run["videos"][0]
@@ -130,6 +130,32 @@ def test_refused_runs_are_recorded_not_fatal(tiny_checkpoint, tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert re.search(r"^\| full \| refused", md, re.M)  # metrics table
     assert "| full | refused |" in md  # the video grid
+
+
+def test_an_interrupted_comparison_keeps_its_finished_runs(tiny_checkpoint, tmp_path, monkeypatch):
+    """results.json is rewritten after every run: a crash in the third run leaves the first two."""
+    import vin.eval.evaluate as evaluate
+
+    real, calls = evaluate.evaluate_frames, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("crash in the third run")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_frames", failing)
+    out = tmp_path / "c"
+    from vin.config import SampleConfig
+    from vin.eval.compare import run_comparison
+
+    methods = parse_methods(["vin", "independent"], str(tiny_checkpoint), [])
+    with pytest.raises(RuntimeError, match="third run"):
+        run_comparison(methods, [8], [0, 1], ["a red circle"], SampleConfig(steps=1, overlap=2), out, progress=False)
+    partial = json.loads((out / "results.json").read_text())
+    assert partial["complete"] is False
+    assert [(r["method"], r["seed"]) for r in partial["runs"]] == [("vin", 0), ("vin", 1)]
+    assert all("videos" in r for r in partial["runs"]) and not (out / "report.html").exists()
 
 
 def test_compare_bad_input_is_one_line(tmp_path, capsys):

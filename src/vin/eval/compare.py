@@ -69,7 +69,9 @@ def run_comparison(methods: list[Method], lengths: list[int], seeds: list[int], 
     """Run every (method, length, seed) on all prompts, evaluate, and write results.json + the report.
 
     Returns the results dict (what results.json holds). A run a method refuses (e.g. `full` over its
-    attention memory limit) is recorded with its reason instead of metrics.
+    attention memory limit) is recorded with its reason instead of metrics. results.json is
+    rewritten (atomically) after every run with ``"complete": false`` until the last one, so an
+    interrupted comparison keeps what it measured.
     """
     from vin.eval.evaluate import evaluate_frames
     from vin.eval.flops import analytic_flops
@@ -95,7 +97,10 @@ def run_comparison(methods: list[Method], lengths: list[int], seeds: list[int], 
         with torch.no_grad():
             get_strategy("vin")(model, prompts[:1], replace(base, frames=F, steps=1, strategy="vin", chunk_frames=F),
                                 (cfg.data.height, cfg.data.width), device)
-    runs = []
+    runs: list[dict] = []
+    results = {"methods": [asdict(m) for m in methods], "lengths": lengths, "seeds": seeds, "prompts": prompts,
+               "sample": asdict(base), "device": device, "torch_threads": torch.get_num_threads(),
+               "feature": feature, "flow": flow, "complete": False, "runs": runs}
     for n in lengths:
         for m in methods:
             model, cfg = models[m.checkpoint]
@@ -120,6 +125,7 @@ def run_comparison(methods: list[Method], lengths: list[int], seeds: list[int], 
                 except AttentionLimitError as e:  # full/spectral over --attention-limit-gb
                     run["refused"] = str(e).splitlines()[0]
                     runs.append(run)
+                    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
                     continue
                 run["flops"] = analytic_flops(cfg.model, sample, size, m.strategy, batch=len(prompts))["total"]
                 run["videos"] = []
@@ -131,9 +137,9 @@ def run_comparison(methods: list[Method], lengths: list[int], seeds: list[int], 
                                          layout=ref_layout, caption=prompts[p])
                     run["videos"].append({"prompt": prompts[p], "path": name, **ev})
                 runs.append(run)
-    results = {"methods": [asdict(m) for m in methods], "lengths": lengths, "seeds": seeds, "prompts": prompts,
-               "sample": asdict(base), "device": device, "torch_threads": torch.get_num_threads(),
-               "feature": feature, "flow": flow, "runs": runs}
+                # after every run, so an interrupted comparison keeps what it measured
+                atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
+    results["complete"] = True
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
     write_report(results, out_dir)
     return results
