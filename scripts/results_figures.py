@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--mark", action="append", default=[], metavar="STEP=LABEL",
                     help="a dashed line on the loss plot (repeatable), e.g. where the training settings change")
     args = ap.parse_args()
+    if any("=" not in m or not m.split("=", 1)[0].isdigit() for m in args.mark):
+        ap.error("--mark takes STEP=LABEL, e.g. --mark '5750=wider t'")
     marks = {int(m.split("=", 1)[0]): m.split("=", 1)[1] for m in args.mark}
     step = args.step or min(_steps(args.vin)[-1], _steps(args.ablation)[-1])
 

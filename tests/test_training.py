@@ -10,6 +10,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -367,27 +368,48 @@ def test_learning_rate_schedule_rejects_bad_settings(bad):
 
 
 def test_resume_of_a_warm_started_run_keeps_its_schedule(tmp_path):
-    """A warm-started run with a cosine decay, interrupted and resumed, logs the same learning
-    rates and losses as the same run uninterrupted (the warm-start step is in the checkpoint)."""
+    """A warm-started run with a cosine decay, cut at step 4 and resumed with the same config, logs
+    the same learning rates and losses as uninterrupted (the warm-start step is in the checkpoint)."""
+    import shutil
+
     from vin.checkpoint import export_weights
 
     base = tiny_cfg("train.steps=2")
     train(base, tmp_path / "w", progress=False)
     weights = export_weights(checkpoints(tmp_path / "w")[-1], tmp_path / "w.safetensors")
-    cfg = tiny_cfg("train.steps=8", "train.ckpt_every=2", "train.warmup_steps=2", "train.lr_decay=cosine",
-                   f"train.init_from={weights}")
+    cfg = tiny_cfg("train.steps=8", "train.ckpt_every=2", "train.keep_checkpoints=10", "train.warmup_steps=2",
+                   "train.lr_decay=cosine", f"train.init_from={weights}")
     train(cfg, tmp_path / "a", progress=False)
-    train(with_train(cfg, steps=5), tmp_path / "b", progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for ckpt in checkpoints(tmp_path / "b"):
+        if ckpt.name > "step-0000004.safetensors":
+            ckpt.unlink()
     train(with_train(cfg, init_from=""), tmp_path / "b", resume=True, progress=False)
     log_a, log_b = read_log(tmp_path / "a"), read_log(tmp_path / "b")
     assert sorted(log_a) == sorted(log_b) == list(range(3, 9))
     expected = [learning_rate(cfg.train, s - 1, start=2) for s in range(3, 9)]
     assert [log_a[s]["lr"] for s in range(3, 9)] == pytest.approx(expected)
-    # warm-up over steps 2-3 (indices), then cosine over 4..8
+    # warm-up over step indices 2-3, then cosine over 4..8
     assert expected[:3] == pytest.approx([0.0005, 0.001, 0.001])
     assert expected[-1] == pytest.approx(0.001 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
     for s in range(3, 9):
         assert log_a[s]["lr"] == log_b[s]["lr"] and log_a[s]["loss"] == log_b[s]["loss"], s
+
+
+def test_extending_a_decayed_run_warms_up_again(tmp_path, capsys):
+    """Resumed past the end of its decay, a run does not jump from the decayed rate to the peak."""
+    cfg = tiny_cfg("train.steps=6", "train.warmup_steps=2", "train.lr_decay=linear", "train.decay_steps=4")
+    train(cfg, tmp_path, progress=False)
+    assert read_log(tmp_path)[6]["lr"] == pytest.approx(0.001 * 0.25)  # index 5: 3/4 of the way down
+    capsys.readouterr()
+    train(with_train(cfg, steps=10), tmp_path, resume=True, progress=False)
+    assert "warming up again" in capsys.readouterr().err
+    log = read_log(tmp_path)
+    # restarted at index 6: warm-up 1/2, 2/2, then the decay over what is left after it (indices 8, 9)
+    assert [log[s]["lr"] for s in range(7, 11)] == pytest.approx([0.0005, 0.001, 0.001, 0.0005])
+    # a resume inside the schedule (no jump up) keeps it
+    train(with_train(cfg, steps=12), tmp_path, resume=True, progress=False)
+    assert "warming up again" not in capsys.readouterr().err
 
 
 def test_refuses_existing_checkpoints_without_resume(tmp_path):
@@ -514,7 +536,7 @@ def test_init_from_exported_weights_continues_from_its_step(tmp_path):
 
 
 def test_loss_plot_with_marks(tmp_path):
-    """`vin plot` / plot_losses: one PNG for several runs, with marks; labels must match the runs."""
+    """plot_losses: one PNG for several runs; marks are drawn; labels must match the runs."""
     from PIL import Image
 
     from vin.training.logplot import plot_losses
@@ -528,6 +550,11 @@ def test_loss_plot_with_marks(tmp_path):
     assert out == tmp_path / "p" / "loss.png"
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 400
+        marked = np.asarray(im.convert("RGB"))
+    plain = plot_losses([tmp_path / "a", tmp_path / "b"], tmp_path / "p" / "plain.png", labels=["A", "B"])
+    with Image.open(plain) as im:
+        assert np.asarray(im.convert("RGB")).shape == marked.shape
+        assert (np.asarray(im.convert("RGB")) != marked).any()  # the mark changed the picture
     with pytest.raises(ValueError, match="labels"):
         plot_losses([tmp_path / "a"], tmp_path / "q.png", labels=["A", "B"])
     assert not (tmp_path / "q.png").exists()

@@ -27,13 +27,17 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, cfg: Config, model: nn.Module, ema: nn.Module | None = None,
-                    optimizer: torch.optim.Optimizer | None = None, step: int = 0, start: int = 0) -> Path:
+                    optimizer: torch.optim.Optimizer | None = None, step: int = 0, start: int = 0,
+                    lr: float | None = None) -> Path:
     """Write model (+ EMA, + optimizer state) and the config atomically. `start`: the step the run
-    began or was warm-started at (its learning-rate schedule counts from there)."""
+    began or was warm-started at (its learning-rate schedule counts from there); `lr`: the base
+    learning rate of the last step trained."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     meta = {"format": FORMAT, "config": cfg.to_json(), "step": str(step), "start_step": str(start)}
+    if lr is not None:
+        meta["lr"] = repr(float(lr))
     if optimizer is not None:
         state = optimizer.state_dict()
         for idx, pstate in state["state"].items():

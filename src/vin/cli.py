@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -69,7 +70,7 @@ def _warn_unseen_words(prompts: list[str]) -> None:
     from vin.models.text import caption_words
 
     unseen = sorted({w for p in prompts for w in caption_words(p) if w not in VOCABULARY})
-    if unseen:
+    if unseen and os.environ.get("RANK", "0") == "0":  # once under torchrun
         print(f"vin: warning: the training captions never use {', '.join(map(repr, unseen))}; known words: "
               f"{' '.join(VOCABULARY)}", file=sys.stderr)
 

@@ -146,9 +146,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 200
     # Learning-rate decay after the warm-up: constant | linear | cosine, down to lr * lr_min_ratio at
-    # train.steps, over the last `decay_steps` steps (0: all steps after the warm-up). A short
-    # linear decay at the end of a constant run is the warmup-stable-decay (WSD) schedule: extend
-    # a run with --resume and a larger train.steps, and the decay moves to the new end.
+    # train.steps, over the last `decay_steps` steps (0: all steps after the warm-up); ignored when
+    # constant. A short linear decay at the end is the warmup-stable-decay (WSD) schedule. Resuming
+    # with a larger train.steps moves the decay to the new end; a run resumed from a checkpoint
+    # already in its decay warms up again (train.warmup_steps) instead of jumping back to lr.
     lr_decay: str = "constant"
     decay_steps: int = 0
     lr_min_ratio: float = 0.0

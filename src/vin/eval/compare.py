@@ -101,6 +101,7 @@ def run_comparison(methods: list[Method], lengths: list[int], seeds: list[int], 
     results = {"methods": [asdict(m) for m in methods], "lengths": lengths, "seeds": seeds, "prompts": prompts,
                "sample": asdict(base), "device": device, "torch_threads": torch.get_num_threads(),
                "feature": feature, "flow": flow, "complete": False, "runs": runs}
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))  # replaces an older comparison's
     for n in lengths:
         for m in methods:
             model, cfg = models[m.checkpoint]

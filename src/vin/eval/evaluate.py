@@ -117,7 +117,9 @@ def evaluate_frames(frames: np.ndarray, boundaries: Sequence[int] | None = None,
     if synthetic:
         from vin.eval.identity import caption_adherence, identity_consistency
 
-        ident = identity_consistency(f, layout if layout is not None else bs)
+        # the frames are at the size to evaluate already (evaluate_paths undid the upscale): detecting
+        # one again could mistake 4-px stripes for a 4x upscale and erase small sprites
+        ident = identity_consistency(f, layout if layout is not None else bs, undo_upscale=False)
         metrics.update(identity_background=ident["frames_background"], identity_sprites=ident["frames_sprites"],
                        identity_both=ident["frames_both"], identity_chunks=ident["chunks_both"])
         metrics.update(caption_adherence(ident, caption) if caption is not None

@@ -79,15 +79,14 @@ def _windows(t: int, chunks: Sequence[Sequence[int]] | Sequence[int] | None) -> 
 def caption_colours(caption: str) -> tuple[str | None, tuple[str, ...]]:
     """(background colour, sprite colours) that a sprite-world caption names, e.g.
     "a large red circle and a square on a blue striped background" -> ("blue", ("red",)).
-    The background phrase is the one after the last "on" that ends in "background"."""
+    The background phrase is the one after the last "on"; it names a background colour only if it
+    says "background" ("a red circle on blue" names no colour at all)."""
     from vin.models.text import caption_words
 
     words = caption_words(caption)
     colours = set(PALETTE_NAMES)
-    cut = len(words)
-    if "background" in words and "on" in words:
-        cut = len(words) - 1 - words[::-1].index("on")
-    background = [w for w in words[cut:] if w in colours]
+    cut = len(words) - 1 - words[::-1].index("on") if "on" in words else len(words)
+    background = [w for w in words[cut:] if w in colours] if "background" in words[cut:] else []
     sprites = tuple(dict.fromkeys(w for w in words[:cut] if w in colours))
     return (background[0] if background else None), sprites
 

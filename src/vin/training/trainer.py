@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -123,12 +124,14 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     model = build_model(cfg, device)
     ema = copy.deepcopy(model).requires_grad_(False) if main else None  # identical on every rank: keep one
     opt = torch.optim.AdamW(param_groups(model, tc), lr=tc.lr, betas=(0.9, 0.99))
-    step, warm_start = _resume(existing[-1], model, ema, opt, tc) if resume else (0, 0)
+    step, warm_start = _resume(existing[-1], model, ema, opt, tc, say=main) if resume else (0, 0)
     if not resume and tc.init_from:
         step = warm_start = _init_from(cfg, model, ema)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", cfg.to_json())
+        if resume:
+            _truncate_log(run_dir / "log.jsonl", step)
 
     rows = (lo, hi) if parallel else None
     stream = iter(SyntheticVideoStream(cfg.data, tc.seed, tc.batch_size, training_lengths(cfg), start_index=step, rows=rows))
@@ -179,7 +182,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
             bar.set_postfix(loss=f"{stats['loss']:.4f}")
             window = []
         if step % tc.ckpt_every == 0 or step == tc.steps:
-            _save(run_dir, cfg, model, ema, opt, step, warm_start)
+            _save(run_dir, cfg, model, ema, opt, step, warm_start, lr)
     bar.close()
     if parallel:  # every rank returns once rank 0's last checkpoint is on disk
         torch.distributed.barrier(ctx.group)
@@ -189,7 +192,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
 def learning_rate(tc: TrainConfig, step: int, start: int = 0) -> float:
     """The learning rate of step `step` (0-based) of a run that began, or was warm-started, at `start`:
     a linear warm-up over train.warmup_steps, then train.lr_decay over the last train.decay_steps
-    steps before train.steps (all of them after the warm-up when 0), to lr * train.lr_min_ratio."""
+    steps before train.steps (all of them after the warm-up when 0), reaching lr * train.lr_min_ratio
+    at step train.steps (the step after the last one trained, as is usual)."""
     warm = min(1.0, (step - start + 1) / max(1, tc.warmup_steps))
     if tc.lr_decay == "constant":
         return tc.lr * warm
@@ -230,10 +234,14 @@ def clamp_gates(model: nn.Module) -> None:
 
 
 def _resume(path: Path, model: nn.Module, ema: nn.Module | None, opt: torch.optim.Optimizer,
-            tc: TrainConfig) -> tuple[int, int]:
-    """Load a checkpoint to continue; returns (step, the step the run started at). The optimizer
-    groups keep this run's settings (lr multiplier, weight decay, eps) whatever the checkpoint
-    saved, so a changed train config takes effect."""
+            tc: TrainConfig, say: bool = True) -> tuple[int, int]:
+    """Load a checkpoint to continue; returns (step, the step the schedule counts from). The
+    optimizer groups keep this run's settings (lr multiplier, weight decay, eps) whatever the
+    checkpoint saved, so a changed train config takes effect.
+
+    A run extended past the end of its learning-rate decay (a larger train.steps) would jump from
+    the decayed rate straight back to the peak; when the schedule asks for more than twice the
+    rate of the checkpoint's last step, the run warms up again from the resume step instead."""
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
     meta = read_metadata(path)
     saved = json.loads(meta.get("optim_groups", "[]"))
@@ -244,7 +252,25 @@ def _resume(path: Path, model: nn.Module, ema: nn.Module | None, opt: torch.opti
     step = load_checkpoint(path, model, ema, opt)
     for group, settings in zip(opt.param_groups, fresh):
         group.update(settings)
-    return step, int(meta.get("start_step", 0))
+    start = int(meta.get("start_step", 0))
+    saved_lr = float(meta["lr"]) if "lr" in meta else None
+    if saved_lr is not None and step < tc.steps and learning_rate(tc, step, start) > 2 * saved_lr:
+        if say:
+            print(f"vin: note: {path.name} was trained at lr {saved_lr:.3g} (the end of a decay); warming up again "
+                  f"over {tc.warmup_steps} steps from step {step}", file=sys.stderr)
+        start = step
+    return step, start
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log records of steps after `step` (trained after the checkpoint a run resumes from,
+    e.g. before a crash), so the resumed run does not log those steps twice."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [line for line in lines if not line.strip() or json.loads(line).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(keep))
 
 
 def _global_loss(loss: Tensor, share: float, ctx: "DistContext") -> float:
@@ -269,8 +295,8 @@ def _init_from(cfg: Config, model: nn.Module, ema: nn.Module | None) -> int:
 
 
 def _save(run_dir: Path, cfg: Config, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, step: int,
-          start: int) -> None:
-    save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}.safetensors", cfg, model, ema, opt, step, start)
+          start: int, lr: float) -> None:
+    save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}.safetensors", cfg, model, ema, opt, step, start, lr)
     for old in checkpoints(run_dir)[:-cfg.train.keep_checkpoints]:
         old.unlink()
 
