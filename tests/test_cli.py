@@ -169,6 +169,15 @@ def test_words_outside_the_training_captions_are_named(ws, capsys):
     assert rc == 0 and "warning" not in err
 
 
+def test_plot_with_marks(ws, capsys):
+    rc, out, err = vin_inprocess(["plot", "run", "--out", "plots/loss.png", "--label", "xs", "--mark", "1=change"], capsys)
+    assert rc == 0, err
+    assert out.strip() == str(Path("plots/loss.png")) and (ws / "plots" / "loss.png").stat().st_size > 1000
+    rc, _, err = vin_inprocess(["plot", "run", "--out", "bad.png", "--mark", "change"], capsys)
+    assert rc == 2 and err.strip().startswith("vin: error:") and "STEP=LABEL" in err and len(err.strip().splitlines()) == 1
+    assert not (ws / "bad.png").exists()
+
+
 def test_export_then_generate(ws, capsys):
     rc, out, err = vin_inprocess(["export", CKPT, "--out", "w/exported.safetensors"], capsys)
     assert rc == 0, err

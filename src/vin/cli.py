@@ -212,7 +212,13 @@ def _plot(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"unknown arguments: {' '.join(overrides)}")
     from vin.training.logplot import plot_losses
 
-    print(plot_losses(args.runs, args.out, labels=args.label, window=args.smooth))
+    marks = {}
+    for m in args.mark or []:
+        step, sep, label = m.partition("=")
+        if not sep or not step.isdigit():
+            raise ValueError(f"--mark takes STEP=LABEL (e.g. 5750='wider t'), got {m!r}")
+        marks[int(step)] = label
+    print(plot_losses(args.runs, args.out, labels=args.label, window=args.smooth, marks=marks))
     return 0
 
 
@@ -391,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output .png")
     p.add_argument("--label", action="append", help="legend label per run (repeat, in order)")
     p.add_argument("--smooth", type=int, default=8, help="moving-average window in log records")
+    p.add_argument("--mark", action="append", metavar="STEP=LABEL",
+                   help="a dashed line at STEP, e.g. where the training settings changed (repeatable)")
     p.set_defaults(func=_plot)
     return parser
 
