@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from vin.checkpoint import checkpoint_config, load_checkpoint
-from vin.data.synthetic import make_batch
+from vin.data.synthetic import VideoSpec, make_batch, render
 from vin.diffusion.flow import interpolate
 from vin.sampling.chunking import chunk_layout, split_chunks
 from vin.training.trainer import build_model
@@ -39,6 +39,22 @@ def x0_error(model, video: torch.Tensor, captions: list[str], t: float, noise: t
     v = model.denoise_chunks(chunks, tt, text, z)
     x0 = chunks - t * v.float()
     return ((x0 - split_chunks(video, layout)) ** 2).mean().item()
+
+
+def reference_errors(cfg, n_frames: int, batches: int, seed: int) -> list[tuple[str, float]]:
+    """Two t-independent yardsticks on the same held-out videos: predicting the dataset's mean
+    colour everywhere, and predicting each video's background (colour and texture, no sprites)."""
+    videos, backgrounds = [], []
+    for b in range(batches):
+        video, _, specs = make_batch(seed, b, 8, n_frames, cfg.data)
+        videos.append(video)
+        for spec in specs:
+            bg = render(VideoSpec(spec.background, spec.texture, ()), cfg.data, 0, n_frames)
+            backgrounds.append(torch.from_numpy(bg).permute(3, 0, 1, 2).float() / 127.5 - 1)
+    v = torch.cat(videos)
+    mean = v.mean(dim=(0, 2, 3, 4), keepdim=True)
+    return [("dataset mean colour (any t)", ((v - mean) ** 2).mean().item()),
+            ("the video's background, no sprites (any t)", ((v - torch.stack(backgrounds)) ** 2).mean().item())]
 
 
 def main() -> int:
@@ -81,9 +97,11 @@ def main() -> int:
             rows.append((f"{label}: {name}", errs))
             print(rows[-1][0], " ".join(f"{errs[t]:.4f}" for t in args.t), file=sys.stderr)
 
+    refs = reference_errors(cfg, n_frames, args.batches, args.seed)  # the data of the last model's config
     head = "| model: inputs | " + " | ".join(f"t={t:g}" for t in args.t) + " |"
     lines = [head, "|---" * (len(args.t) + 1) + "|"]
     lines += ["| " + name + " | " + " | ".join(f"{errs[t]:.4f}" for t in args.t) + " |" for name, errs in rows]
+    lines += ["| yardstick: " + name + " | " + " | ".join(f"{err:.4f}" for _ in args.t) + " |" for name, err in refs]
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:

@@ -18,7 +18,7 @@ from vin.data.video_io import strips_figure, to_uint8, write_video
 from vin.generate import load_model
 from vin.sampling.chunking import boundaries, chunk_layout
 from vin.sampling.vin_parallel import sample_vin
-from vin.training.logplot import plot_losses
+from vin.training.logplot import parse_marks, plot_losses
 from vin.training.trainer import checkpoints
 
 PROMPTS = [
@@ -45,9 +45,10 @@ def main() -> None:
     ap.add_argument("--mark", action="append", default=[], metavar="STEP=LABEL",
                     help="a dashed line on the loss plot (repeatable), e.g. where the training settings change")
     args = ap.parse_args()
-    if any("=" not in m or not m.split("=", 1)[0].isdigit() for m in args.mark):
-        ap.error("--mark takes STEP=LABEL, e.g. --mark '5750=wider t'")
-    marks = {int(m.split("=", 1)[0]): m.split("=", 1)[1] for m in args.mark}
+    try:
+        marks = parse_marks(args.mark)
+    except ValueError as e:
+        ap.error(str(e))
     step = args.step or min(_steps(args.vin)[-1], _steps(args.ablation)[-1])
 
     print(plot_losses([args.vin, args.ablation], args.out / "loss.png", labels=["VIN", "no global tokens"],

@@ -210,15 +210,9 @@ def _export(args: argparse.Namespace, overrides: list[str]) -> int:
 def _plot(args: argparse.Namespace, overrides: list[str]) -> int:
     if overrides:
         raise ValueError(f"unknown arguments: {' '.join(overrides)}")
-    from vin.training.logplot import plot_losses
+    from vin.training.logplot import parse_marks, plot_losses
 
-    marks = {}
-    for m in args.mark or []:
-        step, sep, label = m.partition("=")
-        if not sep or not step.isdigit():
-            raise ValueError(f"--mark takes STEP=LABEL (e.g. 5750='wider t'), got {m!r}")
-        marks[int(step)] = label
-    print(plot_losses(args.runs, args.out, labels=args.label, window=args.smooth, marks=marks))
+    print(plot_losses(args.runs, args.out, labels=args.label, window=args.smooth, marks=parse_marks(args.mark)))
     return 0
 
 

@@ -101,7 +101,11 @@ def run_comparison(methods: list[Method], lengths: list[int], seeds: list[int], 
     results = {"methods": [asdict(m) for m in methods], "lengths": lengths, "seeds": seeds, "prompts": prompts,
                "sample": asdict(base), "device": device, "torch_threads": torch.get_num_threads(),
                "feature": feature, "flow": flow, "complete": False, "runs": runs}
-    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))  # replaces an older comparison's
+
+    def save() -> None:  # at the start (replacing an older comparison's) and after every run
+        atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
+
+    save()
     for n in lengths:
         for m in methods:
             model, cfg = models[m.checkpoint]
@@ -126,7 +130,7 @@ def run_comparison(methods: list[Method], lengths: list[int], seeds: list[int], 
                 except AttentionLimitError as e:  # full/spectral over --attention-limit-gb
                     run["refused"] = str(e).splitlines()[0]
                     runs.append(run)
-                    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
+                    save()
                     continue
                 run["flops"] = analytic_flops(cfg.model, sample, size, m.strategy, batch=len(prompts))["total"]
                 run["videos"] = []
@@ -138,10 +142,9 @@ def run_comparison(methods: list[Method], lengths: list[int], seeds: list[int], 
                                          layout=ref_layout, caption=prompts[p])
                     run["videos"].append({"prompt": prompts[p], "path": name, **ev})
                 runs.append(run)
-                # after every run, so an interrupted comparison keeps what it measured
-                atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
+                save()
     results["complete"] = True
-    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
+    save()
     write_report(results, out_dir)
     return results
 

@@ -38,6 +38,17 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
+def parse_marks(specs: Sequence[str] | None) -> dict[int, str]:
+    """["5750=wider t", ...] -> {5750: "wider t"}; ValueError naming the bad one otherwise."""
+    marks = {}
+    for spec in specs or []:
+        step, sep, label = spec.partition("=")
+        if not sep or not step.isdigit():
+            raise ValueError(f"--mark takes STEP=LABEL (e.g. 5750='wider t'), got {spec!r}")
+        marks[int(step)] = label
+    return marks
+
+
 def plot_losses(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None,
                 window: int = 8, title: str | None = None, marks: dict[int, str] | None = None) -> Path:
     """Training loss against step for each run (raw, faint; smoothed, solid), log-scale loss.
