@@ -412,6 +412,25 @@ def test_extending_a_decayed_run_warms_up_again(tmp_path, capsys):
     assert "warming up again" not in capsys.readouterr().err
 
 
+def test_extending_a_decayed_run_without_lr_metadata_warms_up_again(tmp_path, capsys):
+    """Checkpoints written before the `lr` metadata existed still hold the rate in their saved
+    optimizer groups: extending such a decayed run warms up again too."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    cfg = tiny_cfg("train.steps=6", "train.warmup_steps=2", "train.lr_decay=linear", "train.decay_steps=4")
+    train(cfg, tmp_path, progress=False)
+    last = checkpoints(tmp_path)[-1]
+    with safe_open(str(last), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    del meta["lr"]
+    save_file(tensors, str(last), metadata=meta)
+    capsys.readouterr()
+    train(with_train(cfg, steps=10), tmp_path, resume=True, progress=False)
+    assert "warming up again" in capsys.readouterr().err
+    assert [read_log(tmp_path)[s]["lr"] for s in range(7, 11)] == pytest.approx([0.0005, 0.001, 0.001, 0.0005])
+
+
 def test_refuses_existing_checkpoints_without_resume(tmp_path):
     cfg = tiny_cfg("train.steps=2")
     train(cfg, tmp_path, progress=False)

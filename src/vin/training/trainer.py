@@ -253,13 +253,23 @@ def _resume(path: Path, model: nn.Module, ema: nn.Module | None, opt: torch.opti
     for group, settings in zip(opt.param_groups, fresh):
         group.update(settings)
     start = int(meta.get("start_step", 0))
-    saved_lr = float(meta["lr"]) if "lr" in meta else None
+    saved_lr = _saved_lr(meta, saved)
     if saved_lr is not None and step < tc.steps and learning_rate(tc, step, start) > 2 * saved_lr:
         if say:
             print(f"vin: note: {path.name} was trained at lr {saved_lr:.3g} (the end of a decay); warming up again "
                   f"over {tc.warmup_steps} steps from step {step}", file=sys.stderr)
         start = step
     return step, start
+
+
+def _saved_lr(meta: dict, groups: list[dict]) -> float | None:
+    """The base learning rate of a checkpoint's last step: its `lr` metadata, or for checkpoints
+    written before that existed, the rate of the first saved optimizer group over its lr_mult."""
+    if "lr" in meta:
+        return float(meta["lr"])
+    if groups and "lr" in groups[0]:
+        return float(groups[0]["lr"]) / float(groups[0].get("lr_mult", 1.0))
+    return None
 
 
 def _truncate_log(path: Path, step: int) -> None:
