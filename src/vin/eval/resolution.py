@@ -9,6 +9,10 @@ MAX_UPSCALE = 16
 UPSCALE_INSIDE_TOL = 1.0  # grey levels: mean |difference| of neighbours inside blocks, at worst offset
 UPSCALE_EDGE_RATIO = 4.0  # ... and block edges must differ at least this many times more
 UPSCALE_SAMPLE_FRAMES = 16
+# Strong edges (> UPSCALE_STRONG_EDGE grey levels in some channel between neighbours): in a real
+# k-upscale they sit on block edges only; at most this fraction of them may fall inside blocks.
+UPSCALE_STRONG_EDGE = 64
+UPSCALE_STRONG_INSIDE_RATIO = 0.03
 
 
 def _check(frames: np.ndarray) -> np.ndarray:
@@ -30,21 +34,43 @@ def _upscale_evidence(frames: np.ndarray, k: int) -> tuple[float, float]:
     return inside, edge
 
 
+def _strong_edges(frames: np.ndarray, k: int) -> tuple[int, int]:
+    """(strong neighbour differences at offsets inside k-blocks, at block edges), both axes."""
+    f = frames.astype(np.int16)
+    inside, edge = 0, 0
+    for axis in (1, 2):
+        strong = np.moveaxis(np.abs(np.diff(f, axis=axis)).max(axis=-1) > UPSCALE_STRONG_EDGE, axis, 0)
+        at_edge = np.arange(strong.shape[0]) % k == k - 1
+        inside, edge = inside + int(strong[~at_edge].sum()), edge + int(strong[at_edge].sum())
+    return inside, edge
+
+
+def _looks_upscaled(sample: np.ndarray, k: int) -> bool:
+    strong_inside, strong_edge = _strong_edges(sample, k)
+    if strong_edge >= len(sample):  # enough sharp edges to judge by where they fall
+        return strong_inside <= UPSCALE_STRONG_INSIDE_RATIO * strong_edge
+    inside, edge = _upscale_evidence(sample, k)
+    return inside <= UPSCALE_INSIDE_TOL and edge >= UPSCALE_EDGE_RATIO * max(inside, 0.1)
+
+
 def detect_upscale(frames: np.ndarray, max_factor: int = MAX_UPSCALE) -> int:
     """The integer factor k by which ``frames`` look nearest-neighbour upscaled (1 if none): the
-    largest k in max_factor..2 dividing H and W for which neighbouring pixels inside k x k blocks are
-    equal (the worst offset's mean |difference| <= UPSCALE_INSIDE_TOL grey levels, which tolerates
-    H.264 at vin's quality) while pixels across block edges differ UPSCALE_EDGE_RATIO times more (so
-    a flat video is not called upscaled). Checking every offset inside a block, not the mean, keeps
-    a smooth video upscaled by 8 from passing as upscaled by 16. Looks at <= 16 evenly spaced frames."""
+    largest k in max_factor..2 dividing H and W at which the frames look blocky. Where the frames
+    have sharp edges (UPSCALE_STRONG_EDGE), nearly all of them must fall on k-block edges: an
+    upscale moves every edge onto the grid, while a native frame with block-aligned textures (4-px
+    stripes) still has its anti-aliased sprite edges off it, and H.264 at vin's quality does not
+    create sharp edges inside blocks. Smooth frames without sharp edges fall back to the mean
+    differences: inside blocks (the worst offset's mean |difference| <= UPSCALE_INSIDE_TOL) against
+    across block edges (UPSCALE_EDGE_RATIO times more, so a flat video is not called upscaled).
+    Checking every offset inside a block, not the mean, keeps a video upscaled by 8 from passing as
+    upscaled by 16. Looks at <= 16 evenly spaced frames."""
     f = _check(frames)
     t, h, w, _ = f.shape
     sample = f[np.unique(np.linspace(0, t - 1, min(t, UPSCALE_SAMPLE_FRAMES)).round().astype(int))]
     for k in range(min(max_factor, h // 2, w // 2), 1, -1):  # >= 2 blocks: an edge to compare
         if h % k or w % k:
             continue
-        inside, edge = _upscale_evidence(sample, k)
-        if inside <= UPSCALE_INSIDE_TOL and edge >= UPSCALE_EDGE_RATIO * max(inside, 0.1):
+        if _looks_upscaled(sample, k):
             return k
     return 1
 
