@@ -133,11 +133,14 @@ def evaluate_frames(frames: np.ndarray, boundaries: Sequence[int] | None = None,
 
 # ---- files --------------------------------------------------------------------------------------
 
+_INDEXED = re.compile(r"(.+)-(\d+)")  # `vin generate --out out.mp4` with several prompts writes out-<i>.mp4
+
+
 def _sidecar(path: Path) -> dict | None:
     """The JSON `vin generate` wrote for this video (``<video>.json``, or ``out.json`` for
     ``out-<i>.mp4``), if any."""
     candidates = [path.with_suffix(".json")]
-    m = re.fullmatch(r"(.+)-\d+", path.stem)
+    m = _INDEXED.fullmatch(path.stem)
     if m:
         candidates.append(path.with_name(m.group(1) + ".json"))
     for c in candidates:
@@ -159,8 +162,8 @@ def _prompt_of(path: Path, record: dict | None) -> str | None:
         return None
     if len(prompts) == 1:
         return prompts[0]
-    m = re.fullmatch(r".+-(\d+)", path.stem)
-    return prompts[int(m.group(1))] if m and int(m.group(1)) < len(prompts) else None
+    m = _INDEXED.fullmatch(path.stem)
+    return prompts[int(m.group(2))] if m and int(m.group(2)) < len(prompts) else None
 
 
 def _file_fps(path: Path) -> float | None:
