@@ -361,10 +361,12 @@ def test_learning_rate_schedule_counts_from_a_warm_start():
     assert learning_rate(tc, 1055, start=1000) == pytest.approx(0.5)  # cosine over 1010..1100
 
 
-@pytest.mark.parametrize("bad", ["train.lr_decay=step", "train.decay_steps=-1", "train.lr_min_ratio=1.5"])
+@pytest.mark.parametrize("bad", ["train.lr_decay=step", "train.decay_steps=-1", "train.lr_min_ratio=1.5",
+                                 "train.decay_steps=500", "train.lr_min_ratio=0.1"])
 def test_learning_rate_schedule_rejects_bad_settings(bad):
+    """Includes decay settings that a constant schedule (the default) would silently ignore."""
     with pytest.raises(ValueError, match=bad.split("=")[0]):
-        load_config(XS_YAML, [bad])
+        load_config(XS_YAML, ["train.lr_decay=constant", bad])
 
 
 def test_resume_of_a_warm_started_run_keeps_its_schedule(tmp_path):

@@ -146,8 +146,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 200
     # Learning-rate decay after the warm-up: constant | linear | cosine, down to lr * lr_min_ratio at
-    # train.steps, over the last `decay_steps` steps (0: all steps after the warm-up); ignored when
-    # constant. A short linear decay at the end is the warmup-stable-decay (WSD) schedule. Resuming
+    # train.steps, over the last `decay_steps` steps (0: all steps after the warm-up); both must stay 0
+    # with constant. A short linear decay at the end is the warmup-stable-decay (WSD) schedule. Resuming
     # with a larger train.steps moves the decay to the new end; a run resumed from a checkpoint
     # already in its decay warms up again (train.warmup_steps) instead of jumping back to lr.
     lr_decay: str = "constant"
@@ -186,6 +186,9 @@ class TrainConfig:
         _check(self.threads >= 0, f"train.threads must be >= 0 (0: torch's default), got {self.threads}")
         _check(self.lr_decay in ("constant", "linear", "cosine"), f"train.lr_decay must be constant, linear or cosine, got {self.lr_decay!r}")
         _check(self.decay_steps >= 0 and 0.0 <= self.lr_min_ratio <= 1.0, "train.decay_steps must be >= 0 and train.lr_min_ratio in [0, 1]")
+        _check(self.lr_decay != "constant" or (self.decay_steps == 0 and self.lr_min_ratio == 0.0),
+               f"train.decay_steps ({self.decay_steps}) and train.lr_min_ratio ({self.lr_min_ratio}) have no effect with "
+               "train.lr_decay=constant: set train.lr_decay=linear or cosine, or leave them at 0")
         _check(self.gate_lr_mult > 0, f"train.gate_lr_mult must be > 0, got {self.gate_lr_mult}")
 
 
