@@ -270,6 +270,23 @@ def test_multi_prompt_reaches_each_chunk(model, monkeypatch):
             STRATEGIES[name](model, schedule, sc(strategy=name), (H, W))
 
 
+def test_multi_prompt_reaches_each_autoregressive_chunk(model, monkeypatch):
+    """Autoregressive sampling runs chunk by chunk: chunk k is denoised with prompt k of each schedule
+    (each distinct set of prompts encoded once)."""
+    seen, encoded = [], []
+    den, enc = model.denoise_chunks, model.encode_text
+    monkeypatch.setattr(model, "denoise_chunks", lambda c, t, text, *a, **k: seen.append(text.tokens) or den(c, t, text, *a, **k))
+    monkeypatch.setattr(model, "encode_text", lambda captions: encoded.append(list(captions)) or enc(captions))
+    schedule = ["red circle; blue square", "green"]
+    STRATEGIES["autoregressive"](model, schedule, sc(steps=1, strategy="autoregressive"), (H, W))
+    per_chunk = [["red circle", "green"]] * 2 + [["blue square", "green"]] * 2
+    assert len(seen) == len(per_chunk)  # one Euler step per chunk
+    for tokens, prompts in zip(seen, per_chunk):
+        with torch.no_grad():
+            assert torch.equal(tokens, enc(prompts).tokens), prompts
+    assert encoded == [["red circle", "green"], ["blue square", "green"]]
+
+
 def test_cli_generate_every_strategy(tmp_path, model, monkeypatch, capsys):
     cfg = load_config(None, ["data.height=16", "data.width=16"], preset="VIN-XS/4")
     ckpt = save_checkpoint(tmp_path / "m.safetensors", cfg, model)

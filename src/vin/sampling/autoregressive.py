@@ -51,8 +51,12 @@ def sample(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: 
     def call(xs: Tensor, tt: Tensor, text, z: Tensor | None) -> Tensor:
         return model.denoise_chunks(xs[:, None], tt, text, z)[:, 0]
 
+    encoded: dict[tuple[str, ...], object] = {}  # each distinct per-chunk caption set is encoded once
     for k, (s, e) in enumerate(layout):
-        cond = encode(model, [sched[k] for sched in schedules], cfg, None, "autoregressive")
+        prompts = tuple(sched[k] for sched in schedules)
+        if prompts not in encoded:
+            encoded[prompts] = encode(model, list(prompts), cfg, None, "autoregressive")
+        cond = encoded[prompts]
         ctx = done - s
         known, eps = out[:, :, s:done], noise[:, :, s:e]
         before, before_eps = out[:, :, :s], noise[:, :, :s]
