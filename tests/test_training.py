@@ -369,6 +369,21 @@ def test_learning_rate_schedule_rejects_bad_settings(bad):
         load_config(XS_YAML, ["train.lr_decay=constant", bad])
 
 
+def test_saved_configs_with_unused_decay_settings_still_load():
+    """Configs saved before the check (decay settings next to a constant schedule, where they had no
+    effect) load, with the settings read as 0; the same config given by a user is an error."""
+    from vin.config import config_from_json
+
+    cfg = load_config(XS_YAML, ["train.lr_decay=linear", "train.decay_steps=500", "train.lr_min_ratio=0.1"])
+    old = json.loads(cfg.to_json())
+    old["train"]["lr_decay"] = "constant"
+    loaded = config_from_json(json.dumps(old))
+    assert (loaded.train.lr_decay, loaded.train.decay_steps, loaded.train.lr_min_ratio) == ("constant", 0, 0.0)
+    assert config_from_json(cfg.to_json()) == cfg  # a used decay is kept
+    with pytest.raises(ValueError, match="train.decay_steps=500 and train.lr_min_ratio=0.1 have no effect"):
+        load_config(XS_YAML, ["train.decay_steps=500", "train.lr_min_ratio=0.1"])
+
+
 def test_resume_of_a_warm_started_run_keeps_its_schedule(tmp_path):
     """A warm-started run with a cosine decay, cut at step 4 and resumed with the same config, logs
     the same learning rates and losses as uninterrupted (the warm-start step is in the checkpoint)."""
@@ -431,6 +446,17 @@ def test_extending_a_decayed_run_without_lr_metadata_warms_up_again(tmp_path, ca
     train(with_train(cfg, steps=10), tmp_path, resume=True, progress=False)
     assert "warming up again" in capsys.readouterr().err
     assert [read_log(tmp_path)[s]["lr"] for s in range(7, 11)] == pytest.approx([0.0005, 0.001, 0.001, 0.0005])
+
+
+def test_saved_lr_known_answers():
+    from vin.training.trainer import _saved_lr
+
+    assert _saved_lr({"lr": "0.001"}, [{"lr": 5.0, "lr_mult": 1.0}]) == 0.001  # the metadata wins
+    assert _saved_lr({}, [{"lr": 0.05, "lr_mult": 100.0}]) == pytest.approx(5e-4)  # the gate group's multiplier
+    assert _saved_lr({}, [{"lr": 5e-4}]) == 5e-4  # before lr_mult existed
+    assert _saved_lr({}, [{"lr": 5e-4, "lr_mult": 0}]) == 5e-4
+    assert _saved_lr({}, []) is None and _saved_lr({}, [{}]) is None and _saved_lr({}, ["junk"]) is None
+    assert _saved_lr({"lr": "nan?"}, []) is None
 
 
 def test_refuses_existing_checkpoints_without_resume(tmp_path):

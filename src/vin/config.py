@@ -186,9 +186,6 @@ class TrainConfig:
         _check(self.threads >= 0, f"train.threads must be >= 0 (0: torch's default), got {self.threads}")
         _check(self.lr_decay in ("constant", "linear", "cosine"), f"train.lr_decay must be constant, linear or cosine, got {self.lr_decay!r}")
         _check(self.decay_steps >= 0 and 0.0 <= self.lr_min_ratio <= 1.0, "train.decay_steps must be >= 0 and train.lr_min_ratio in [0, 1]")
-        _check(self.lr_decay != "constant" or (self.decay_steps == 0 and self.lr_min_ratio == 0.0),
-               f"train.decay_steps ({self.decay_steps}) and train.lr_min_ratio ({self.lr_min_ratio}) have no effect with "
-               "train.lr_decay=constant: set train.lr_decay=linear or cosine, or leave them at 0")
         _check(self.gate_lr_mult > 0, f"train.gate_lr_mult must be > 0, got {self.gate_lr_mult}")
 
 
@@ -376,11 +373,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
         base = PRESETS[preset]
-    return from_dict(Config, _merge(_merge(base, tree), parse_overrides(overrides or [])))
+    cfg = from_dict(Config, _merge(_merge(base, tree), parse_overrides(overrides or [])))
+    t = cfg.train
+    unused = [f"train.{k}={getattr(t, k)}" for k in ("decay_steps", "lr_min_ratio") if getattr(t, k)]
+    _check(t.lr_decay != "constant" or not unused,
+           f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect with train.lr_decay=constant: set train.lr_decay=linear or cosine")
+    return cfg
 
 
 def config_from_json(text: str) -> Config:
-    return from_dict(Config, json.loads(text))
+    """A config saved by vin (checkpoint metadata, a run's config.json). Versions before the check in
+    `load_config` could save decay settings with a constant schedule, where they had no effect:
+    they are read as 0."""
+    tree = json.loads(text)
+    train = tree.get("train") if isinstance(tree, dict) else None
+    if isinstance(train, dict) and train.get("lr_decay", "constant") == "constant":
+        train.update(decay_steps=0, lr_min_ratio=0.0)
+    return from_dict(Config, tree)
 
 
 def with_sample(cfg: Config, **changes: Any) -> Config:

@@ -265,11 +265,13 @@ def _resume(path: Path, model: nn.Module, ema: nn.Module | None, opt: torch.opti
 def _saved_lr(meta: dict, groups: list[dict]) -> float | None:
     """The base learning rate of a checkpoint's last step: its `lr` metadata, or for checkpoints
     written before that existed, the rate of the first saved optimizer group over its lr_mult."""
-    if "lr" in meta:
-        return float(meta["lr"])
-    if groups and "lr" in groups[0]:
-        return float(groups[0]["lr"]) / float(groups[0].get("lr_mult", 1.0))
-    return None
+    try:
+        if "lr" in meta:
+            return float(meta["lr"])
+        group = groups[0] if groups else {}
+        return float(group["lr"]) / float(group.get("lr_mult") or 1.0) if "lr" in group else None
+    except (TypeError, ValueError, KeyError):  # only a hint for the warm-up: never a reason to fail a resume
+        return None
 
 
 def _truncate_log(path: Path, step: int) -> None:
