@@ -271,10 +271,13 @@ def test_ground_truth_videos_follow_their_captions():
 
 
 @pytest.mark.parametrize("seed", [33, 78])
-def test_native_frames_with_block_aligned_textures_keep_their_sprites(seed):
+def test_native_frames_with_block_aligned_textures_keep_their_sprites(seed, monkeypatch):
     """These native 32x32 renders look like a 4x upscale on average (4-px stripes, a small sprite):
     frames given to evaluate_frames are at the size to judge, so no upscale is undone and the sprite
-    survives."""
+    survives even where a detector would call them upscaled."""
+    import vin.eval.identity
+
+    monkeypatch.setattr(vin.eval.identity, "detect_upscale", lambda frames: 4)
     spec = sample_spec(np.random.default_rng(seed), CFG)
     frames = render(spec, CFG, 0, 8)
     r = evaluate_frames(frames, [4], caption=make_caption(spec, np.random.default_rng(0), 1.0))
@@ -308,6 +311,20 @@ def test_upscale_detection_of_written_videos(tmp_path, seed):
     for k in (2, 4, 8):
         write_video(tmp_path / f"{k}.mp4", v, fps=8, scale=k)
         assert detect_upscale(read_video(tmp_path / f"{k}.mp4")) == k, k
+
+
+def test_upscale_detection_rejects_grid_aligned_edges_of_native_video():
+    rng = np.random.default_rng(0)
+    # grainy grey video with black letterbox bars: its only sharp edges lie on a 16-px grid
+    grain = np.clip(120 + rng.normal(0, 4, (16, 96, 128, 3)), 0, 255).astype(np.uint8)
+    grain[:, :16] = grain[:, -16:] = 0
+    assert detect_upscale(grain) == 1
+    # low-contrast 4-px blocks and one bright 2x2 dot off the grid: the dot's sharp edges are inside blocks
+    blocks = upscale(rng.integers(100, 130, (4, 16, 16, 3)).astype(np.uint8), 4)
+    blocks[:, 10:12, 21:23] = 255
+    assert detect_upscale(blocks) == 1
+    blocks[:, 10:12, 21:23] = blocks[:, 8:9, 20:21]  # without the dot it is a 4x upscale
+    assert detect_upscale(blocks) == 4
 
 
 def test_upscale_detection_and_exact_downscale():
