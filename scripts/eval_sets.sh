@@ -6,9 +6,10 @@
 #   unnamed: none does (where only other chunks know the background: the paper's case)
 #
 # usage: scripts/eval_sets.sh OUT_DIR [extra vin generate args, e.g. --checkpoint F, --no-global, --cfg 3]
-# writes OUT_DIR/{named,unnamed}/s<seed>-<i>.mp4 (+ .json/.png) and OUT_DIR/{named,unnamed}/evaluation.json,
-# and prints one markdown row per set in the columns of the RESULTS table (mean +- std over the
-# videos). SEEDS="0 1" and FRAMES=32 override the defaults; PYTHON names the interpreter with vin.
+# writes OUT_DIR/{named,unnamed}/s<seed>-<i>.mp4 (and s<seed>.json/.png per seed) and
+# OUT_DIR/{named,unnamed}/evaluation.json (the videos of this run only), and prints one markdown
+# row per set in the columns of the RESULTS table (mean ± std over the videos).
+# Environment: SEEDS ("0 1 2 3"), FRAMES (64), LABEL (the row's first cell), VIN, PYTHON.
 set -euo pipefail
 if [[ $# -lt 1 ]]; then
     echo "usage: $0 OUT_DIR [vin generate args...]" >&2
@@ -17,9 +18,13 @@ fi
 out=$1
 shift
 VIN=${VIN:-vin}
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-python3}
 SEEDS=${SEEDS:-0 1 2 3}
 FRAMES=${FRAMES:-64}
+LABEL=${LABEL:-${*:-default}}
+for tool in "$VIN" "$PYTHON"; do
+    command -v "$tool" >/dev/null || { echo "$0: $tool not found (set VIN / PYTHON)" >&2; exit 2; }
+done
 named=("a large red circle and a small white square on a blue striped background"
        "a green triangle on a plain white background"
        "a small cyan square on an orange checkered background"
@@ -28,16 +33,19 @@ unnamed=("a circle"
          "a large square and a small triangle"
          "a red diamond and a circle"
          "a yellow diamond and a magenta circle")
-for set in named unnamed; do
-    declare -n prompts=$set
+for group in named unnamed; do
+    if [[ $group == named ]]; then prompts=("${named[@]}"); what="3 of 4 name the background"
+    else prompts=("${unnamed[@]}"); what="none names it"; fi
     args=()
     for p in "${prompts[@]}"; do args+=(--prompt "$p"); done
-    mkdir -p "$out/$set"
+    mkdir -p "$out/$group"
+    videos=()
     for s in $SEEDS; do
-        "$VIN" generate --frames "$FRAMES" --seed "$s" --quiet "${args[@]}" --out "$out/$set/s$s.mp4" "$@" >/dev/null
+        "$VIN" generate --frames "$FRAMES" --seed "$s" --quiet "${args[@]}" --out "$out/$group/s$s.mp4" "$@" >/dev/null
+        for i in "${!prompts[@]}"; do videos+=("$out/$group/s$s-$i.mp4"); done
     done
-    "$VIN" evaluate "$out/$set" --out "$out/$set/evaluation.json" >/dev/null
-    "$PYTHON" - "$out/$set/evaluation.json" "$set" <<'EOF'
+    "$VIN" evaluate "${videos[@]}" --out "$out/$group/evaluation.json" >/dev/null
+    "$PYTHON" - "$out/$group/evaluation.json" "$LABEL" "$what" <<'EOF'
 import json, sys
 m = json.load(open(sys.argv[1]))["summary"]["metrics"]
 def cell(name, std=True):
@@ -45,6 +53,6 @@ def cell(name, std=True):
     return "—" if v["mean"] is None else f"{v['mean']:.2f}" + (f" ± {v['std']:.2f}" if std else "")
 cols = [cell("identity_background"), cell("identity_both", False), cell("identity_chunks", False),
         cell("caption_background"), cell("seam_score"), cell("scene_cuts", False), cell("mean_flow_magnitude", False)]
-print(f"| {sys.argv[2]} ({m['identity_background']['n']} videos) | " + " | ".join(cols) + " |")
+print(f"| {sys.argv[2]} ({m['identity_background']['n']} videos) | {sys.argv[3]} | " + " | ".join(cols) + " |")
 EOF
 done
