@@ -68,9 +68,14 @@ def plot_losses(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequenc
         loss = [r["loss"] for r in log]
         (line,) = ax.plot(steps, smooth(loss, window), label=f"{label} (last {loss[-1]:.4f})" if loss else label)
         ax.plot(steps, loss, color=line.get_color(), alpha=0.25, linewidth=0.8)
-    for step, text in (marks or {}).items():
+    lo, hi = ax.get_xlim()
+    row, previous = 0, None
+    for step, text in sorted((marks or {}).items()):
         ax.axvline(step, color="grey", linestyle="--", linewidth=0.8)
-        ax.annotate(text, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
+        # a label close to the previous one goes one line lower, so neighbouring labels do not overlap
+        row = row + 1 if previous is not None and step - previous < 0.12 * (hi - lo) else 0
+        previous = step
+        ax.annotate(text, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3 - 9 * (row % 3)),
                     textcoords="offset points", va="top", fontsize=7, color="dimgrey")
     ax.set_xlabel("step")
     ax.set_ylabel("flow-matching loss (MSE on velocity)")
