@@ -18,7 +18,7 @@ to the matmul FLOPs; it shrinks roughly as 1/width.
 - `paper_scale_table()` (in `vin.eval.paper_scale`): the paper's setting from the same formulas.
 
 Parts (keys of both results, plus "total"):
-    text           the caption encoder (once per run; autoregressive: once per chunk)
+    text           the caption encoder (once per run; a prompt schedule, not counted, encodes more)
     vin_read       the interface except its processor blocks: keyframe embedding, conditioning,
                    the read cross-attention, its MLP, the caption projection
     vin_processor  the interface's self-attention blocks over [global tokens ; caption]
@@ -210,7 +210,6 @@ def analytic_flops(model_cfg: ModelConfig, sample: SampleConfig, frame_size: tup
         layout = chunk_layout(s.frames, F, s.overlap)
         for _, end in layout:
             add_eval(end, rows, F // pt)
-        texts *= len(layout)  # the captions are encoded again for every chunk
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
     out["text"] = text_flops(mc.text, texts)
