@@ -52,7 +52,8 @@ def cell(name, std=True):
     v = m[name]
     return "—" if v["mean"] is None else f"{v['mean']:.2f}" + (f" ± {v['std']:.2f}" if std else "")
 cols = [cell("identity_background"), cell("identity_both", False), cell("identity_chunks", False),
-        cell("caption_background"), cell("seam_score"), cell("scene_cuts", False), cell("mean_flow_magnitude", False)]
+        cell("caption_background"), cell("seam_score"), cell("scene_cuts", False), cell("mean_flow_magnitude", False),
+        cell("identity_texture"), cell("caption_texture")]
 print(f"| {sys.argv[2]} ({m['identity_background']['n']} videos) | {sys.argv[3]} | " + " | ".join(cols) + " |")
 EOF
 done

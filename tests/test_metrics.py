@@ -20,7 +20,8 @@ from vin.eval import metrics as M
 from vin.eval.evaluate import METRIC_NAMES, evaluate_frames
 from vin.eval.resolution import detect_upscale, downscale
 from vin.eval.features import colour_histogram, get_feature, hist_similarity, ssim
-from vin.eval.identity import caption_adherence, caption_colours, check_texture_palette, identity_consistency
+from vin.eval.identity import (caption_adherence, caption_colours, caption_texture, check_texture_palette,
+                               identity_consistency)
 
 CFG = DataConfig()  # 32x32, the sprite world's native size
 FEATURES = ("pixels", "ssim", "hist")
@@ -236,6 +237,35 @@ def test_caption_colours_known_answers(caption, expected):
     assert caption_colours(caption) == expected
 
 
+@pytest.mark.parametrize("caption, expected", [
+    ("a large red circle and a small white square on a blue striped background", "stripes"),
+    ("a circle on a plain green background", "plain"),
+    ("a square on an orange checkered background", "checker"),
+    ("a circle on a green background", None),
+    ("a red circle on a striped background", "stripes"),
+    ("a red circle on striped", None),  # no "background": not a background phrase
+    ("a yellow diamond and a magenta circle", None),
+])
+def test_caption_texture_known_answers(caption, expected):
+    assert caption_texture(caption) == expected
+
+
+def test_texture_of_every_rendered_frame():
+    """The per-frame texture equals the rendered one for every frame of 150 sampled videos (any
+    colour, sprites in front), and a video whose background turns checkered for one chunk keeps
+    its texture in 3/4 of its frames."""
+    for seed in range(150):
+        spec = sample_spec(np.random.default_rng(seed), CFG)
+        r = identity_consistency(render(spec, CFG, 0, 8), undo_upscale=False)
+        assert r["texture"] == spec.texture and set(r["per_frame_texture"]) == {spec.texture}, seed
+    frames = render(two_sprites(), CFG, 0, 32)
+    frames[8:16] = render(replace(two_sprites(), texture="checker"), CFG, 8, 8)
+    r = evaluate_frames(frames, [8, 16, 24], caption="a red square on a blue striped background")
+    assert r["identity"]["per_frame_texture"] == ["stripes"] * 8 + ["checker"] * 8 + ["stripes"] * 16
+    assert r["metrics"]["identity_texture"] == r["metrics"]["caption_texture"] == 0.75
+    assert r["metrics"]["identity_background"] == 1.0  # the colour never changed
+
+
 def test_caption_adherence_counts_frames():
     """Red square + yellow circle on blue; chunk 2 turns the square green: the caption's background
     holds in every frame, its sprite colours in 3/4 of them; a wrong caption scores 0."""
@@ -243,12 +273,13 @@ def test_caption_adherence_counts_frames():
     frames[16:24] = render(two_sprites(first_colour=1), CFG, 16, 8)
     ident = identity_consistency(frames, [8, 16, 24])
     assert caption_adherence(ident, "a red square and a yellow circle on a blue striped background") == \
-        {"caption_background": 1.0, "caption_sprites": 0.75}
-    assert caption_adherence(ident, "a square and a yellow circle on a white background") == \
-        {"caption_background": 0.0, "caption_sprites": 1.0}
-    assert caption_adherence(ident, "a square and a circle") == {"caption_background": None, "caption_sprites": None}
+        {"caption_background": 1.0, "caption_sprites": 0.75, "caption_texture": 1.0}
+    assert caption_adherence(ident, "a square and a yellow circle on a white checkered background") == \
+        {"caption_background": 0.0, "caption_sprites": 1.0, "caption_texture": 0.0}
+    assert caption_adherence(ident, "a square and a circle") == \
+        {"caption_background": None, "caption_sprites": None, "caption_texture": None}
     assert caption_adherence(ident, "a red square on a blue background; a green square") == \
-        {"caption_background": None, "caption_sprites": None}  # per-chunk schedules are not judged
+        {"caption_background": None, "caption_sprites": None, "caption_texture": None}  # schedules are not judged
     m = evaluate_frames(frames, [8, 16, 24], caption="a red square on a blue background")["metrics"]
     assert (m["caption_background"], m["caption_sprites"]) == (1.0, 0.75)
     assert evaluate_frames(frames, [8, 16, 24])["metrics"]["caption_background"] is None

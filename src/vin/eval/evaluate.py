@@ -41,8 +41,8 @@ METRIC_NAMES = (
     "mean_flow_magnitude", "mean_flow_magnitude_norm", "warp_error", "no_warp_error", "mawe", "scene_cuts",
     "subject_consistency", "background_consistency", "seam_score", "seam_boundary_diff", "seam_inside_diff",
     "drift_last", "drift_mean", "drift_slope_per_frame",
-    "identity_background", "identity_sprites", "identity_both", "identity_chunks",
-    "caption_background", "caption_sprites",
+    "identity_background", "identity_sprites", "identity_both", "identity_chunks", "identity_texture",
+    "caption_background", "caption_sprites", "caption_texture",
 )
 
 
@@ -121,9 +121,10 @@ def evaluate_frames(frames: np.ndarray, boundaries: Sequence[int] | None = None,
         # one again could mistake 4-px stripes for a 4x upscale and erase small sprites
         ident = identity_consistency(f, layout if layout is not None else bs, undo_upscale=False)
         metrics.update(identity_background=ident["frames_background"], identity_sprites=ident["frames_sprites"],
-                       identity_both=ident["frames_both"], identity_chunks=ident["chunks_both"])
+                       identity_both=ident["frames_both"], identity_chunks=ident["chunks_both"],
+                       identity_texture=ident["frames_texture"])
         metrics.update(caption_adherence(ident, caption) if caption is not None
-                       else {"caption_background": None, "caption_sprites": None})
+                       else {"caption_background": None, "caption_sprites": None, "caption_texture": None})
         out["identity"] = ident
     else:
         metrics.update({k: None for k in METRIC_NAMES if k.startswith(("identity_", "caption_"))})

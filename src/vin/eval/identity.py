@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from vin.data.synthetic import PALETTE_NAMES, PALETTE_RGB, TEXTURE_DARKEN, nearest_palette
+from vin.data.synthetic import PALETTE_NAMES, PALETTE_RGB, TEXTURE_DARKEN, TEXTURE_WORDS, nearest_palette
 from vin.eval.resolution import detect_upscale, downscale
 
 MIN_AREA_AT_32 = 3  # eroded pixels at 32x32; the smallest sprite keeps >= 8, rims 0
@@ -62,6 +62,28 @@ def frame_identity(indices: np.ndarray, min_area: int) -> tuple[int, tuple[int, 
     return background, tuple(sprites)
 
 
+TEXTURE_MIN_DARK = 0.15  # fraction of background pixels that must be darkened for a texture (a pattern: 1/2)
+STRIPE_PURITY = 0.85  # stripes: each column is (nearly) all dark or all light; a checkerboard's columns are half
+
+
+def frame_texture(frame: np.ndarray, indices: np.ndarray, background: int) -> str:
+    """The background texture of one frame, "plain", "stripes" or "checker" (see
+    `vin.data.synthetic.TEXTURES`): among the background's pixels, those darker than halfway to
+    TEXTURE_DARKEN are the pattern; too few is plain, a pattern whose columns are each (nearly) all
+    dark or all light is stripes, anything else checker. Phase and period are not assumed."""
+    mask = indices == background
+    if mask.sum() < 2:
+        return "plain"
+    lum = frame.astype(np.float32).sum(axis=-1)
+    dark = lum < (1.0 + TEXTURE_DARKEN) / 2 * float(PALETTE_RGB[background].astype(np.float32).sum())
+    if dark[mask].mean() < TEXTURE_MIN_DARK:
+        return "plain"
+    n = mask.sum(axis=0)  # background pixels per column
+    p = (dark & mask).sum(axis=0) / np.maximum(n, 1)
+    purity = float((np.maximum(p, 1 - p) * n).sum() / n.sum())
+    return "stripes" if purity >= STRIPE_PURITY else "checker"
+
+
 def _majority(values: Sequence):
     return Counter(values).most_common(1)[0][0]  # ties: first seen (Counter keeps insertion order)
 
@@ -74,6 +96,21 @@ def _windows(t: int, chunks: Sequence[Sequence[int]] | Sequence[int] | None) -> 
         edges = [0, *sorted(int(b) for b in chunks), t]
         return [(s, e) for s, e in zip(edges[:-1], edges[1:]) if e > s]
     return [(int(s), int(e)) for s, e in chunks]
+
+
+def caption_texture(caption: str) -> str | None:
+    """The background texture a sprite-world caption names ("... on a blue striped background" ->
+    "stripes"), or None: the texture word must be in the phrase after the last "on" that says
+    "background"."""
+    from vin.models.text import caption_words
+
+    words = caption_words(caption)
+    cut = len(words) - 1 - words[::-1].index("on") if "on" in words else len(words)
+    if "background" not in words[cut:]:
+        return None
+    by_word = {word: texture for texture, word in TEXTURE_WORDS.items()}
+    named = [by_word[w] for w in words[cut:] if w in by_word]
+    return named[0] if named else None
 
 
 def caption_colours(caption: str) -> tuple[str | None, tuple[str, ...]]:
@@ -97,13 +134,15 @@ def caption_adherence(identity: dict, caption: str) -> dict:
     the frame's sprites); None where the caption names no such colour or is a per-chunk schedule
     ("a; b"). ``identity`` is :func:`identity_consistency`'s result."""
     if ";" in caption:
-        return {"caption_background": None, "caption_sprites": None}
+        return {"caption_background": None, "caption_sprites": None, "caption_texture": None}
     background, sprites = caption_colours(caption)
+    texture = caption_texture(caption)
     bgs, sps = identity["per_frame_background"], identity["per_frame_sprites"]
     t = len(bgs)
     return {
         "caption_background": None if background is None else sum(b == background for b in bgs) / t,
         "caption_sprites": None if not sprites else sum(set(sprites) <= set(s) for s in sps) / t,
+        "caption_texture": None if texture is None else sum(x == texture for x in identity["per_frame_texture"]) / t,
     }
 
 
@@ -118,9 +157,9 @@ def identity_consistency(frames: np.ndarray, chunks: Sequence[Sequence[int]] | S
     ``chunks``: chunk windows ``[(start, end), ...]`` or boundaries ``[b1, b2, ...]`` (None: one
     chunk). ``undo_upscale``: detect a nearest-neighbour upscale and judge the frames at their
     original size (``upscale_undone`` reports the factor). Returns the majority ``background``
-    (name) and ``sprites`` (names), the fractions of
-    frames whose background / sprite set / both equal the majority (``frames_background``,
-    ``frames_sprites``, ``frames_both``), the same for chunks judged by each chunk's own majority
+    (name), ``sprites`` (names) and background ``texture``, the fractions of
+    frames whose background / sprite set / both / texture equal the majority (``frames_background``,
+    ``frames_sprites``, ``frames_both``, ``frames_texture``), the same for chunks judged by each chunk's own majority
     (``chunks_background``, ``chunks_sprites``, ``chunks_both``), the per-chunk majorities and the
     per-frame identities (``per_frame_background``, ``per_frame_sprites``)."""
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -131,6 +170,8 @@ def identity_consistency(frames: np.ndarray, chunks: Sequence[Sequence[int]] | S
     min_area = default_min_area(h, w) if min_area is None else int(min_area)
     indices = nearest_palette(frames)
     per_frame = [frame_identity(indices[i], min_area) for i in range(t)]
+    textures = [frame_texture(frames[i], indices[i], b) for i, (b, _) in enumerate(per_frame)]
+    maj_tex = _majority(textures)
     bgs = [b for b, _ in per_frame]
     sprites = [s for _, s in per_frame]
     maj_bg, maj_sp = _majority(bgs), _majority(sprites)
@@ -145,6 +186,8 @@ def identity_consistency(frames: np.ndarray, chunks: Sequence[Sequence[int]] | S
         "frames_background": sum(b == maj_bg for b in bgs) / t,
         "frames_sprites": sum(s == maj_sp for s in sprites) / t,
         "frames_both": sum(b == maj_bg and s == maj_sp for b, s in per_frame) / t,
+        "texture": maj_tex,
+        "frames_texture": sum(x == maj_tex for x in textures) / t,
         "chunks": [list(wd) for wd in windows],
         "chunks_background": sum(b == maj_bg for b, _ in chunk_majorities) / n,
         "chunks_sprites": sum(s == maj_sp for _, s in chunk_majorities) / n,
@@ -152,4 +195,5 @@ def identity_consistency(frames: np.ndarray, chunks: Sequence[Sequence[int]] | S
         "chunk_majorities": [{"background": PALETTE_NAMES[b], "sprites": _names(s)} for b, s in chunk_majorities],
         "per_frame_background": [PALETTE_NAMES[b] for b in bgs],
         "per_frame_sprites": [_names(s) for s in sprites],
+        "per_frame_texture": textures,
     }
