@@ -98,18 +98,21 @@ def _windows(t: int, chunks: Sequence[Sequence[int]] | Sequence[int] | None) -> 
     return [(int(s), int(e)) for s, e in chunks]
 
 
-def caption_texture(caption: str) -> str | None:
-    """The background texture a sprite-world caption names ("... on a blue striped background" ->
-    "stripes"), or None: the texture word must be in the phrase after the last "on" that says
-    "background"."""
+def _split_caption(caption: str) -> tuple[list[str], list[str]]:
+    """(sprite words, background phrase) of a sprite-world caption: the background phrase is the
+    one after the last "on", and only if it says "background" ("a red circle on blue": none)."""
     from vin.models.text import caption_words
 
     words = caption_words(caption)
     cut = len(words) - 1 - words[::-1].index("on") if "on" in words else len(words)
-    if "background" not in words[cut:]:
-        return None
+    return words[:cut], (words[cut:] if "background" in words[cut:] else [])
+
+
+def caption_texture(caption: str) -> str | None:
+    """The background texture a sprite-world caption names ("... on a blue striped background" ->
+    "stripes"), or None."""
     by_word = {word: texture for texture, word in TEXTURE_WORDS.items()}
-    named = [by_word[w] for w in words[cut:] if w in by_word]
+    named = [by_word[w] for w in _split_caption(caption)[1] if w in by_word]
     return named[0] if named else None
 
 
@@ -118,13 +121,10 @@ def caption_colours(caption: str) -> tuple[str | None, tuple[str, ...]]:
     "a large red circle and a square on a blue striped background" -> ("blue", ("red",)).
     The background phrase is the one after the last "on"; it names a background colour only if it
     says "background" ("a red circle on blue" names no colour at all)."""
-    from vin.models.text import caption_words
-
-    words = caption_words(caption)
     colours = set(PALETTE_NAMES)
-    cut = len(words) - 1 - words[::-1].index("on") if "on" in words else len(words)
-    background = [w for w in words[cut:] if w in colours] if "background" in words[cut:] else []
-    sprites = tuple(dict.fromkeys(w for w in words[:cut] if w in colours))
+    sprite_words, phrase = _split_caption(caption)
+    background = [w for w in phrase if w in colours]
+    sprites = tuple(dict.fromkeys(w for w in sprite_words if w in colours))
     return (background[0] if background else None), sprites
 
 
@@ -161,7 +161,7 @@ def identity_consistency(frames: np.ndarray, chunks: Sequence[Sequence[int]] | S
     frames whose background / sprite set / both / texture equal the majority (``frames_background``,
     ``frames_sprites``, ``frames_both``, ``frames_texture``), the same for chunks judged by each chunk's own majority
     (``chunks_background``, ``chunks_sprites``, ``chunks_both``), the per-chunk majorities and the
-    per-frame identities (``per_frame_background``, ``per_frame_sprites``)."""
+    per-frame identities (``per_frame_background``, ``per_frame_sprites``, ``per_frame_texture``)."""
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {getattr(frames, 'shape', type(frames).__name__)}")
     factor = detect_upscale(frames) if undo_upscale else 1

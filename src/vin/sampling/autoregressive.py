@@ -29,7 +29,7 @@ from vin.config import SampleConfig
 from vin.diffusion.flow import sample_ode, timestep_schedule
 from vin.models.vin import VINModel
 from vin.sampling.chunking import chunk_layout
-from vin.sampling.common import Progress, encode, guided_velocity, prompt_schedule, resolve_chunk_frames
+from vin.sampling.common import Conditioning, Progress, encode, guided_velocity, prompt_schedule, resolve_chunk_frames
 from vin.sampling.noise import video_noise
 
 
@@ -51,7 +51,7 @@ def sample(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: 
     def call(xs: Tensor, tt: Tensor, text, z: Tensor | None) -> Tensor:
         return model.denoise_chunks(xs[:, None], tt, text, z)[:, 0]
 
-    encoded: dict[tuple[str, ...], object] = {}  # each distinct per-chunk caption set is encoded once
+    encoded: dict[tuple[str, ...], Conditioning] = {}  # each distinct per-chunk caption set is encoded once
     for k, (s, e) in enumerate(layout):
         prompts = tuple(sched[k] for sched in schedules)
         if prompts not in encoded:
