@@ -30,13 +30,15 @@ GEN_ARGS = ["--steps", "2", "--frames", "20", "--scale", "2", "--quiet"]
 CKPT = "run/checkpoints/step-0000002.safetensors"
 
 
+def vin_env() -> dict[str, str]:
+    # this checkout's code first, whatever is installed (a relative PYTHONPATH=src breaks in cwd)
+    path = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=path)
+
 
 def vin(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`python -m vin ARGS` in a fresh process."""
-    # this checkout's code first, whatever is installed (a relative PYTHONPATH=src breaks in cwd)
-    path = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=path)
-    return subprocess.run([sys.executable, "-m", "vin", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "vin", *args], cwd=cwd, env=vin_env(), capture_output=True,
                           text=True, timeout=300)
 
 
@@ -189,6 +191,38 @@ def test_export_then_generate(ws, capsys):
     rc, _, err = vin_inprocess(["generate", "--checkpoint", CKPT, *GEN_ARGS, "--out", "f.gif"], capsys)
     assert rc == 0, err
     assert np.array_equal(read_video(ws / "e.gif"), read_video(ws / "f.gif"))  # the EMA weights both times
+
+
+def test_sigterm_stops_training_with_a_checkpoint_to_resume_from(tmp_path):
+    """`vin train` sent SIGTERM (a scheduler's time limit) exits 143 after the current step with a
+    checkpoint of that step and says how to continue; `--resume` then continues from it."""
+    import signal
+    import time
+
+    args = [*TRAIN_ARGS, "--train.steps=100000", "--train.log_every=1", "--train.ckpt_every=100000", "--out", "run"]
+    proc = subprocess.Popen([sys.executable, "-m", "vin", "train", *args], cwd=tmp_path, env=vin_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "log.jsonl"
+    try:
+        deadline = time.monotonic() + 240
+        while not (log.is_file() and log.read_text().strip()) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "trained to step" not in out
+    saved = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]
+    assert len(saved) == 1, saved
+    step = int(saved[0].split("-")[1].split(".")[0])
+    assert f"stopped by SIGTERM at step {step}" in err and "--resume" in err
+    assert json.loads(log.read_text().splitlines()[-1])["step"] == step
+
+    r = vin("train", *TRAIN_ARGS, f"--train.steps={step + 1}", "--out", "run", "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"trained to step {step + 1}" in r.stdout
 
 
 def test_resume_through_cli(ws, capsys):

@@ -252,7 +252,29 @@ def _train_worker(ctx, root):
 
     train(_train_cfg(4), Path(root) / "ddp", progress=False, ctx=ctx)
     train(_train_cfg(2), Path(root) / "resumed", progress=False, ctx=ctx)
-    return "done"
+    return _stopped_run(ctx, Path(root) / "stopped")
+
+
+def _stopped_run(ctx, run_dir):
+    """Rank 1 alone gets SIGTERM during its second step; returns this rank's stats."""
+    import os
+    import signal
+
+    import vin.training.trainer as trainer
+
+    calls, clamp = [], trainer.clamp_gates
+
+    def clamp_and_signal(model):
+        calls.append(1)
+        if ctx.rank == 1 and len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return clamp(model)
+
+    trainer.clamp_gates = clamp_and_signal
+    try:
+        return trainer.train(_train_cfg(4), run_dir, progress=False, ctx=ctx)
+    finally:
+        trainer.clamp_gates = clamp
 
 
 def _losses(run_dir):
@@ -269,16 +291,22 @@ def _weights(run_dir, step):
 
 def test_ddp_training_follows_one_process_and_resumes_on_any_count(tmp_path):
     """batch 3 on 2 processes (1 + 2 rows, uneven): same losses and weights as 1 process with batch 3;
-    a run trained to step 2 on 2 processes, resumed on 1, equals the 1-process run."""
-    from vin.training.trainer import train
+    a run trained to step 2 on 2 processes, resumed on 1, equals the 1-process run; a SIGTERM to one
+    rank stops both after the same step with a checkpoint there (step 3: none is due), and that run
+    resumed on 1 process equals the 1-process run too."""
+    from vin.training.trainer import checkpoints, train
 
-    _ok(run_ranks(_train_worker, str(tmp_path)))
+    stopped = _ok(run_ranks(_train_worker, str(tmp_path)))
+    assert stopped[0]["step"] == stopped[1]["step"] == 3, stopped
+    assert stopped[1]["stopped_by"] == "SIGTERM" and stopped[0]["stopped_by"] == "a signal to another process"
+    assert [p.name for p in checkpoints(tmp_path / "stopped")] == ["step-0000002.safetensors", "step-0000003.safetensors"]
     single = tmp_path / "single"
     train(_train_cfg(4), single, progress=False)
     train(_train_cfg(4), tmp_path / "resumed", resume=True, progress=False)
+    train(_train_cfg(4), tmp_path / "stopped", resume=True, progress=False)
     want = _losses(single)
     assert len(want) == 4 and len(set(want)) == 4
-    for run in ("ddp", "resumed"):
+    for run in ("ddp", "resumed", "stopped"):
         torch.testing.assert_close(_losses(tmp_path / run), want, rtol=1e-4, atol=0)
         got, ref = _weights(tmp_path / run, 4), _weights(single, 4)
         assert got.keys() == ref.keys()

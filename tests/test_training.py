@@ -605,3 +605,63 @@ def test_loss_plot_with_marks(tmp_path):
     with pytest.raises(ValueError, match="labels"):
         plot_losses([tmp_path / "a"], tmp_path / "q.png", labels=["A", "B"])
     assert not (tmp_path / "q.png").exists()
+
+
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_continues_exactly(tmp_path, monkeypatch):
+    """SIGTERM during step 2 (sent from inside the loop): the run ends after step 3 with a checkpoint
+    of step 3 (none is due there) and its log record; resumed to step 6 it ends bit-equal to a run
+    that never stopped. The previous handler is back afterwards."""
+    import os
+    import signal
+
+    import vin.training.trainer as trainer
+
+    cfg = tiny_cfg("train.steps=6", "train.ckpt_every=100")
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(cfg, a, progress=False)
+
+    calls, real_update = [], trainer.update_ema
+
+    def update_and_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_update(*args, **kwargs)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(trainer, "update_ema", update_and_signal)
+    stats = train(cfg, b, progress=False)
+    monkeypatch.setattr(trainer, "update_ema", real_update)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert stats["stopped_by"] == "SIGTERM" and stats["step"] == 3
+    assert [p.name for p in checkpoints(b)] == ["step-0000003.safetensors"]
+    assert sorted(read_log(b)) == [1, 2, 3]
+
+    stats_b = train(cfg, b, resume=True, progress=False)
+    assert "stopped_by" not in stats_b and stats_b["step"] == 6
+    log_a, log_b = read_log(a), read_log(b)
+    assert sorted(log_a) == sorted(log_b) == [1, 2, 3, 4, 5, 6]
+    assert all(log_a[s]["loss"] == log_b[s]["loss"] for s in log_a)
+    final_a, final_b = load_file(str(checkpoints(a)[-1])), load_file(str(checkpoints(b)[-1]))
+    assert final_a.keys() == final_b.keys()
+    for k in final_a:
+        assert torch.equal(final_a[k], final_b[k]), k
+
+
+def test_stop_request_takes_the_first_signal_and_a_second_ctrl_c_aborts():
+    import os
+    import signal
+
+    from vin.training.stopping import StopRequest
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with StopRequest() as stop:
+            assert stop.signum == 0 and stop.name == ""
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.signum == signal.SIGTERM and stop.name == "SIGTERM"
+            os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM changes nothing
+            assert stop.name == "SIGTERM"
+            os.kill(os.getpid(), signal.SIGINT)  # a second signal that is Ctrl-C: abort now
+            pytest.fail("the second SIGINT did not abort")
+    assert signal.getsignal(signal.SIGINT) is before

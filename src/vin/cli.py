@@ -58,9 +58,24 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
                 print(f"{describe(cfg)}; data-parallel on {ctx.world} processes", file=sys.stderr)
             stats = train(cfg, out, resume=args.resume, progress=not args.quiet, ctx=ctx)
             if ctx.rank != 0:
-                return 0
+                return _stopped_code(stats)
+    if "stopped_by" in stats:
+        print(f"vin: stopped by {stats['stopped_by']} at step {stats['step']}; checkpoint written to {out}; "
+              f"continue with the same command and --resume", file=sys.stderr)
+        return _stopped_code(stats)
     print(f"trained to step {stats.get('step', cfg.train.steps)} in {out} (loss {stats.get('loss', float('nan')):.4f})")
     return 0
+
+
+def _stopped_code(stats: dict) -> int:
+    """0 for a finished run; 128 + the signal's number for a run stopped by one (the shell's convention,
+    so a script can tell a stopped run from a finished one)."""
+    if "stopped_by" not in stats:
+        return 0
+    import signal
+
+    name = stats["stopped_by"]
+    return 128 + int(getattr(signal, name, signal.SIGTERM))
 
 
 def _warn_unseen_words(prompts: list[str]) -> None:

@@ -30,6 +30,7 @@ from vin.fileio import atomic_write_text
 from vin.models.vin import VINModel, parameter_count
 from vin.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata, save_checkpoint
 from vin.training.objective import training_loss
+from vin.training.stopping import StopRequest
 
 if TYPE_CHECKING:  # the context type only; training does not depend on vin.distributed
     from vin.distributed.group import DistContext
@@ -109,6 +110,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     gradient DDP averages is the gradient of the one-process loss: P processes follow the run of
     one process (up to float rounding), and a run can resume on any process count. Rank 0 logs
     and writes the (atomic) checkpoints.
+
+    SIGINT or SIGTERM (`vin.training.stopping`) ends the run after the current step with a
+    checkpoint and a log record of that step; the returned stats then name the signal
+    (`stopped_by`), and `resume=True` continues as if the run had not stopped.
     """
     run_dir = Path(run_dir)
     tc = cfg.train
@@ -148,41 +153,44 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     log_path, window, stats = run_dir / "log.jsonl", [], {}
     t0, samples = time.perf_counter(), 0
     model.train()
-    while step < tc.steps:
-        _, video, captions = next(stream)
-        video = video.to(device)
-        lr = learning_rate(tc, step, warm_start)
-        for g in opt.param_groups:
-            g["lr"] = lr * g["lr_mult"]
-        with autocast:
-            loss = loss_fn(video, captions, step_generator(tc.seed, step), (lo, hi, tc.batch_size) if parallel else None)
-        share = (hi - lo) / tc.batch_size
-        value = _global_loss(loss, share, ctx) if parallel else loss.item()
-        if not math.isfinite(value):  # the same value on every rank: all stop together
-            raise FloatingPointError(f"loss became {value} at step {step}; lower train.lr or enable train.grad_clip")
-        opt.zero_grad(set_to_none=True)
-        (loss * (share * world) if parallel else loss).backward()  # DDP averages over ranks
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-        opt.step()
-        clamp_gates(model)
-        step += 1
-        if ema is not None:
-            update_ema(ema, model, min(tc.ema_decay, (1 + step) / (10 + step)))
-        window.append(value)
-        samples += tc.batch_size
-        bar.update(1)
-        if not main:
-            continue
-        if step % tc.log_every == 0 or step == tc.steps:
-            elapsed = time.perf_counter() - t0
-            stats = {"step": step, "loss": float(np.mean(window)), "lr": lr, "grad_norm": float(grad_norm),
-                     "samples_per_s": samples / elapsed, "wall_s": elapsed}
-            with open(log_path, "a") as f:
-                f.write(json.dumps(stats) + "\n")
-            bar.set_postfix(loss=f"{stats['loss']:.4f}")
-            window = []
-        if step % tc.ckpt_every == 0 or step == tc.steps:
-            _save(run_dir, cfg, model, ema, opt, step, warm_start, lr)
+    with StopRequest() as stop:
+        while step < tc.steps:
+            _, video, captions = next(stream)
+            video = video.to(device)
+            lr = learning_rate(tc, step, warm_start)
+            for g in opt.param_groups:
+                g["lr"] = lr * g["lr_mult"]
+            with autocast:
+                loss = loss_fn(video, captions, step_generator(tc.seed, step), (lo, hi, tc.batch_size) if parallel else None)
+            share = (hi - lo) / tc.batch_size
+            # every rank learns whether any was asked to stop, with the loss: all stop after the same step
+            value, stopping = _global_loss(loss, share, ctx, stop.signum) if parallel else (loss.item(), bool(stop.signum))
+            if not math.isfinite(value):  # the same value on every rank: all stop together
+                raise FloatingPointError(f"loss became {value} at step {step}; lower train.lr or enable train.grad_clip")
+            opt.zero_grad(set_to_none=True)
+            (loss * (share * world) if parallel else loss).backward()  # DDP averages over ranks
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+            opt.step()
+            clamp_gates(model)
+            step += 1
+            if ema is not None:
+                update_ema(ema, model, min(tc.ema_decay, (1 + step) / (10 + step)))
+            window.append(value)
+            samples += tc.batch_size
+            bar.update(1)
+            if main and (step % tc.log_every == 0 or step == tc.steps or stopping):
+                elapsed = time.perf_counter() - t0
+                stats = {"step": step, "loss": float(np.mean(window)), "lr": lr, "grad_norm": float(grad_norm),
+                         "samples_per_s": samples / elapsed, "wall_s": elapsed}
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(stats) + "\n")
+                bar.set_postfix(loss=f"{stats['loss']:.4f}")
+                window = []
+            if main and (step % tc.ckpt_every == 0 or step == tc.steps or stopping):
+                _save(run_dir, cfg, model, ema, opt, step, warm_start, lr)
+            if stopping:
+                stats = {**stats, "step": step, "stopped_by": stop.name or "a signal to another process"}
+                break
     bar.close()
     if parallel:  # every rank returns once rank 0's last checkpoint is on disk
         torch.distributed.barrier(ctx.group)
@@ -285,11 +293,12 @@ def _truncate_log(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(keep))
 
 
-def _global_loss(loss: Tensor, share: float, ctx: "DistContext") -> float:
-    """The loss of the whole global batch: this rank's loss weighted by its share, summed over ranks."""
-    value = loss.detach().float().reshape(1) * share
+def _global_loss(loss: Tensor, share: float, ctx: "DistContext", stop: int = 0) -> tuple[float, bool]:
+    """The loss of the whole global batch (this rank's loss weighted by its share, summed over
+    ranks), and whether any rank was asked to stop (`stop` != 0), in one all-reduce."""
+    value = torch.stack([loss.detach().float() * share, torch.tensor(float(bool(stop)), device=loss.device)])
     torch.distributed.all_reduce(value, group=ctx.group)
-    return value.item()
+    return value[0].item(), bool(value[1].item())
 
 
 def _init_from(cfg: Config, model: nn.Module, ema: nn.Module | None) -> int:
