@@ -607,45 +607,65 @@ def test_loss_plot_with_marks(tmp_path):
     assert not (tmp_path / "q.png").exists()
 
 
-def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_continues_exactly(tmp_path, monkeypatch):
-    """SIGTERM during step 2 (sent from inside the loop): the run ends after step 3 with a checkpoint
-    of step 3 (none is due there) and its log record; resumed to step 6 it ends bit-equal to a run
-    that never stopped. The previous handler is back afterwards."""
+def _signal_at(monkeypatch, call: int, signum):
+    """Make the trainer's `call`-th EMA update (the end of step `call`) send this process `signum`."""
     import os
-    import signal
 
     import vin.training.trainer as trainer
-
-    cfg = tiny_cfg("train.steps=6", "train.ckpt_every=100")
-    a, b = tmp_path / "a", tmp_path / "b"
-    train(cfg, a, progress=False)
 
     calls, real_update = [], trainer.update_ema
 
     def update_and_signal(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_update(*args, **kwargs)
+        out = real_update(*args, **kwargs)
+        if len(calls) == call:
+            os.kill(os.getpid(), signum)
+        return out
+
+    monkeypatch.setattr(trainer, "update_ema", update_and_signal)
+
+
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_continues_exactly(tmp_path, monkeypatch):
+    """SIGTERM at the end of step 2 (sent from inside the loop): the run ends after step 2 with a
+    checkpoint (none is due there) and a log record marked stopped (none is due either: it holds
+    the mean of steps 1-2); resumed to step 6 it ends bit-equal to a run that never stopped, with the
+    same per-step losses. The previous handler is back afterwards."""
+    import signal
+
+    cfg = tiny_cfg("train.steps=6", "train.ckpt_every=100")
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(cfg, a, progress=False)
 
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(trainer, "update_ema", update_and_signal)
-    stats = train(cfg, b, progress=False)
-    monkeypatch.setattr(trainer, "update_ema", real_update)
+    with monkeypatch.context() as m:
+        _signal_at(m, 2, signal.SIGTERM)
+        stats = train(with_train(cfg, log_every=4), b, progress=False)
     assert signal.getsignal(signal.SIGTERM) is before
-    assert stats["stopped_by"] == "SIGTERM" and stats["step"] == 3
-    assert [p.name for p in checkpoints(b)] == ["step-0000003.safetensors"]
-    assert sorted(read_log(b)) == [1, 2, 3]
+    assert stats["stopped_by"] == "SIGTERM" and stats["step"] == 2
+    assert [p.name for p in checkpoints(b)] == ["step-0000002.safetensors"]
+    log_a, log_b = read_log(a), read_log(b)
+    assert sorted(log_b) == [2] and log_b[2]["stopped"] is True
+    assert log_b[2]["loss"] == float(np.mean([log_a[1]["loss"], log_a[2]["loss"]]))
 
     stats_b = train(cfg, b, resume=True, progress=False)
     assert "stopped_by" not in stats_b and stats_b["step"] == 6
-    log_a, log_b = read_log(a), read_log(b)
-    assert sorted(log_a) == sorted(log_b) == [1, 2, 3, 4, 5, 6]
-    assert all(log_a[s]["loss"] == log_b[s]["loss"] for s in log_a)
+    log_b = read_log(b)
+    assert sorted(log_b) == [2, 3, 4, 5, 6] and not any("stopped" in log_b[s] for s in (3, 4, 5, 6))
+    assert all(log_a[s]["loss"] == log_b[s]["loss"] for s in (3, 4, 5, 6))
     final_a, final_b = load_file(str(checkpoints(a)[-1])), load_file(str(checkpoints(b)[-1]))
     assert final_a.keys() == final_b.keys()
     for k in final_a:
         assert torch.equal(final_a[k], final_b[k]), k
+
+
+def test_a_signal_in_the_last_step_is_a_finished_run(tmp_path, monkeypatch):
+    import signal
+
+    with monkeypatch.context() as m:
+        _signal_at(m, 2, signal.SIGTERM)
+        stats = train(tiny_cfg("train.steps=2"), tmp_path, progress=False)
+    assert "stopped_by" not in stats and stats["step"] == 2
+    assert not any("stopped" in r for r in read_log(tmp_path).values())
 
 
 def test_stop_request_takes_the_first_signal_and_a_second_ctrl_c_aborts():
@@ -665,3 +685,13 @@ def test_stop_request_takes_the_first_signal_and_a_second_ctrl_c_aborts():
             os.kill(os.getpid(), signal.SIGINT)  # a second signal that is Ctrl-C: abort now
             pytest.fail("the second SIGINT did not abort")
     assert signal.getsignal(signal.SIGINT) is before
+
+    # a signal the process ignores (SIGINT of a job started with `&`) stays ignored
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.signum == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

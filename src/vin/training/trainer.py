@@ -111,9 +111,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     one process (up to float rounding), and a run can resume on any process count. Rank 0 logs
     and writes the (atomic) checkpoints.
 
-    SIGINT or SIGTERM (`vin.training.stopping`) ends the run after the current step with a
-    checkpoint and a log record of that step; the returned stats then name the signal
-    (`stopped_by`), and `resume=True` continues as if the run had not stopped.
+    SIGINT or SIGTERM (`vin.training.stopping`) ends the run after the current step (under DDP
+    possibly the next) with a checkpoint and a log record of that step (`"stopped": true` when no
+    record was due there); the returned stats then name the signal (`stopped_by`), and
+    `resume=True` continues with the weights and per-step losses of a run that never stopped.
     """
     run_dir = Path(run_dir)
     tc = cfg.train
@@ -178,10 +179,16 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
             window.append(value)
             samples += tc.batch_size
             bar.update(1)
-            if main and (step % tc.log_every == 0 or step == tc.steps or stopping):
+            if not parallel:  # a signal during this step's backward/update stops after it, not the next
+                stopping = stopping or bool(stop.signum)
+            stopping = stopping and step < tc.steps  # a signal in the last step: the run is finished anyway
+            due = step % tc.log_every == 0 or step == tc.steps
+            if main and (due or stopping):
                 elapsed = time.perf_counter() - t0
                 stats = {"step": step, "loss": float(np.mean(window)), "lr": lr, "grad_norm": float(grad_norm),
                          "samples_per_s": samples / elapsed, "wall_s": elapsed}
+                if not due:  # the mean of the steps since the last record: fewer than log_every
+                    stats["stopped"] = True
                 with open(log_path, "a") as f:
                     f.write(json.dumps(stats) + "\n")
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
