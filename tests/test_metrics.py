@@ -410,6 +410,9 @@ def test_cli_evaluate_writes_json(tmp_path, capsys):
     assert record["summary"]["videos"] == 2
     assert record["summary"]["metrics"]["identity_both"] == {"mean": 1.0, "std": 0.0, "n": 2}
     assert set(record["summary"]["metrics"]) == set(METRIC_NAMES)
+    # one captioned video: no chance level of the caption metrics to print
+    assert record["summary"]["mismatched_captions"]["caption_sprites"] == {"mean": None, "n": 0}
+    assert "chance" not in printed
     # default output: evaluation.json next to the first input (inside a folder given as input)
     assert main(["evaluate", str(tmp_path / "b.gif"), "--no-synthetic"]) == 0
     assert json.loads((tmp_path / "evaluation.json").read_text())["summary"]["metrics"]["identity_both"]["n"] == 0
@@ -460,3 +463,45 @@ def test_prompt_of_a_video_from_its_sidecar():
     assert _prompt_of(Path("o/out.mp4"), two) is None and _prompt_of(Path("o/out-7.mp4"), two) is None
     assert _prompt_of(Path("o/v.mp4"), {"prompts": ["a red circle"]}) == "a red circle"
     assert _prompt_of(Path("o/v.mp4"), None) is None and _prompt_of(Path("o/v.mp4"), {"prompts": [3]}) is None
+
+
+def test_mismatched_captions_is_adherence_to_the_other_videos_captions():
+    """A: blue striped, red + yellow sprites; B: white plain, one green sprite; C: A again under A's
+    caption. Each video against each *other distinct* caption: A and C against B's ("a yellow ...
+    on a plain white background"): background 0, sprites 1, texture 0; B against A's ("a red circle on
+    a blue striped background"): 0, 0, 0 -> means 0, 2/3, 0 over 3 pairs. Own captions are skipped,
+    also when another video shares them (C)."""
+    from vin.eval.evaluate import mismatched_captions, summarize
+
+    a_spec = two_sprites()
+    b_spec = VideoSpec(PALETTE_NAMES.index("white"), "plain",
+                       (SpriteSpec(PALETTE_NAMES.index("green"), "triangle", "large", 16.0, 16.0, 0.3, 0.0),))
+    cap_a, cap_b = "a red circle on a blue striped background", "a yellow square on a plain white background"
+    vids = {}
+    for name, spec, cap in (("a", a_spec, cap_a), ("b", b_spec, cap_b), ("c", a_spec, cap_a)):
+        r = evaluate_frames(render(spec, CFG, 0, 12), caption=cap, feature="hist")
+        vids[name] = {**r, "caption": cap}
+    assert vids["a"]["metrics"]["caption_sprites"] == 1.0 and vids["b"]["metrics"]["caption_sprites"] == 0.0
+    chance = mismatched_captions(vids)
+    assert chance == {"caption_background": {"mean": 0.0, "n": 3}, "caption_sprites": {"mean": 2 / 3, "n": 3},
+                      "caption_texture": {"mean": 0.0, "n": 3}}
+    assert summarize(vids)["mismatched_captions"] == chance
+    # one distinct caption, or none: no chance level
+    same = {k: vids[k] for k in ("a", "c")}
+    assert all(v == {"mean": None, "n": 0} for v in mismatched_captions(same).values())
+    assert all(v["n"] == 0 for v in mismatched_captions({k: {**v, "caption": None} for k, v in vids.items()}).values())
+
+
+def test_cli_evaluate_prints_the_chance_level_of_the_captions(tmp_path, capsys):
+    """Two videos of one `vin generate` call with two prompts: each matches its own caption and
+    not the other's, so the printed line reads 1 vs 0 for background and sprites."""
+    white = VideoSpec(PALETTE_NAMES.index("white"), "plain",
+                      (SpriteSpec(PALETTE_NAMES.index("green"), "triangle", "large", 16.0, 16.0, 0.3, 0.0),))
+    for i, spec in enumerate((two_sprites(), white)):
+        write_video(tmp_path / f"out-{i}.mp4", render(spec, CFG, 0, 12), fps=8, scale=8)
+    (tmp_path / "out.json").write_text(json.dumps({
+        "layout": [[0, 12]], "model_config": {"data": {"height": 32, "width": 32, "fps": 8}},
+        "prompts": ["a red square on a blue background", "a green triangle on a white background"]}))
+    assert main(["evaluate", str(tmp_path), "--feature", "hist", "--out", str(tmp_path / "e.json")]) == 0
+    assert "own caption vs the other videos' captions (chance): background 1.000 vs 0.000, sprites 1.000 vs 0.000" \
+        in capsys.readouterr().out

@@ -267,6 +267,12 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
               "summary": summary, "videos": per_video}
     atomic_write_text(out, json.dumps(record, indent=2))
     print(format_table(per_video, summary))
+    ours, chance = summary["metrics"], summary["mismatched_captions"]
+    pairs = [(m.split("_")[1], ours[m]["mean"], chance[m]["mean"]) for m in chance
+             if chance[m]["mean"] is not None and ours[m]["mean"] is not None]
+    if pairs:
+        print("caption adherence, own caption vs the other videos' captions (chance): "
+              + ", ".join(f"{name} {own:.3f} vs {base:.3f}" for name, own, base in pairs))
     print(f"wrote {out}")
     return 0
 

@@ -257,22 +257,47 @@ def evaluate_paths(paths: Sequence[str | Path], chunk_frames: int | None = None,
         frames = downscale(frames, factor)
         rate = fps or ((record or {}).get("model_config") or {}).get("data", {}).get("fps") or _file_fps(path) \
             or DEFAULT_FPS
+        caption = _prompt_of(path, record)
         result = evaluate_frames(frames, None, feature=feature, flow=flow, synthetic=synthetic, fps=float(rate),
-                                 layout=layout, caption=_prompt_of(path, record))
-        per_video[str(path)] = {"path": str(path), "boundaries_from": source,
+                                 layout=layout, caption=caption)
+        per_video[str(path)] = {"path": str(path), "caption": caption, "boundaries_from": source,
                                 "layout": [list(w) for w in layout] if layout else None,
                                 "downscale": factor, "stored_size": stored, **result}
     return per_video, summarize(per_video)
 
 
+CAPTION_METRICS = ("caption_background", "caption_sprites", "caption_texture")
+
+
+def mismatched_captions(per_video: dict[str, dict]) -> dict:
+    """The chance level of the caption-adherence metrics in this set: each video scored against the
+    captions of the *other* videos that differ from its own (a model that ignores the words scores
+    the same with its own caption). Per metric: mean over (video, other caption) pairs where the
+    caption names such an attribute, and the pair count; None without two distinct captions."""
+    from vin.eval.identity import caption_adherence
+
+    videos = [v for v in per_video.values() if v.get("identity") and v.get("caption")]
+    captions = sorted({v["caption"] for v in videos})
+    scores: dict[str, list[float]] = {m: [] for m in CAPTION_METRICS}
+    for v in videos:
+        for other in captions:
+            if other == v["caption"]:
+                continue
+            for m, x in caption_adherence(v["identity"], other).items():
+                if x is not None:
+                    scores[m].append(x)
+    return {m: {"mean": float(np.mean(x)) if x else None, "n": len(x)} for m, x in scores.items()}
+
+
 def summarize(per_video: dict[str, dict]) -> dict:
-    """Mean, std (population) and count of every scalar metric over the videos (None values skipped)."""
+    """Mean, std (population) and count of every scalar metric over the videos (None values skipped),
+    and the caption metrics' chance level (:func:`mismatched_captions`)."""
     out = {}
     for name in METRIC_NAMES:
         vals = [v["metrics"][name] for v in per_video.values() if v["metrics"].get(name) is not None]
         out[name] = {"mean": float(np.mean(vals)) if vals else None, "std": float(np.std(vals)) if vals else None,
                      "n": len(vals)}
-    return {"videos": len(per_video), "metrics": out}
+    return {"videos": len(per_video), "metrics": out, "mismatched_captions": mismatched_captions(per_video)}
 
 
 TABLE_COLUMNS = (  # (metric, header, format)
