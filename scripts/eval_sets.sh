@@ -8,7 +8,8 @@
 # usage: scripts/eval_sets.sh OUT_DIR [extra vin generate args, e.g. --checkpoint F, --no-global, --cfg 3]
 # writes OUT_DIR/{named,unnamed}/s<seed>-<i>.mp4 (and s<seed>.json/.png per seed) and
 # OUT_DIR/{named,unnamed}/evaluation.json (the videos of this run only), and prints one markdown
-# row per set in the columns of the RESULTS table (mean ± std over the videos).
+# row per set in the columns of the RESULTS table (mean ± std over the videos), then the share of
+# frames showing the sprite colours the caption names, against its chance level.
 # Environment: SEEDS ("0 1 2 3"), FRAMES (64), LABEL (the row's first cell), VIN, PYTHON.
 set -euo pipefail
 if [[ $# -lt 1 ]]; then
@@ -55,5 +56,8 @@ cols = [cell("identity_background"), cell("identity_both", False), cell("identit
         cell("caption_background"), cell("seam_score"), cell("scene_cuts", False), cell("mean_flow_magnitude", False),
         cell("identity_texture"), cell("caption_texture")]
 print(f"| {sys.argv[2]} ({m['identity_background']['n']} videos) | {sys.argv[3]} | " + " | ".join(cols) + " |")
+chance = json.load(open(sys.argv[1]))["summary"]["mismatched_captions"]["caption_sprites"]["mean"]
+if chance is not None:
+    print(f"  caption sprites {cell('caption_sprites', False)} (chance: {chance:.2f}, the other videos' captions)")
 EOF
 done
