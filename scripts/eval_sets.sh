@@ -58,6 +58,6 @@ cols = [cell("identity_background"), cell("identity_both", False), cell("identit
 print(f"| {sys.argv[2]} ({m['identity_background']['n']} videos) | {sys.argv[3]} | " + " | ".join(cols) + " |")
 chance = json.load(open(sys.argv[1]))["summary"]["mismatched_captions"]["caption_sprites"]["mean"]
 if chance is not None:
-    print(f"  caption sprites {cell('caption_sprites', False)} (chance: {chance:.2f}, the other videos' captions)")
+    print(f"  caption sprites {cell('caption_sprites', False)} (chance: {chance:.2f}, on the videos of the other prompts)")
 EOF
 done

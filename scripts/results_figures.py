@@ -36,15 +36,16 @@ def _sprite(colour: str, shape: str, size: str, x0: float, y0: float, vx: float,
     return SpriteSpec(PALETTE_NAMES.index(colour), shape, size, x0, y0, vx, vy)
 
 
-# The prompts as the synthetic world draws them. The unnamed attributes (sizes, #2's background)
-# and the motion are chosen here.
+# The prompts as the synthetic world draws them, at 32x32. The unnamed attributes (sizes, #2's
+# background) and the motion are chosen here.
 REFERENCES = [
     VideoSpec(PALETTE_NAMES.index("blue"), "stripes",
               (_sprite("red", "circle", "large", 10.0, 12.0, 0.9, 0.5), _sprite("white", "square", "small", 22.0, 22.0, -0.6, -0.8))),
     VideoSpec(PALETTE_NAMES.index("white"), "plain", (_sprite("green", "triangle", "large", 12.0, 20.0, 1.0, -0.4),)),
-    VideoSpec(PALETTE_NAMES.index("cyan"), "checker",
-              (_sprite("yellow", "diamond", "small", 8.0, 8.0, 0.7, 1.0), _sprite("magenta", "circle", "large", 22.0, 16.0, -0.8, 0.3))),
+    VideoSpec(PALETTE_NAMES.index("cyan"), "checker",  # the small sprite drawn last: it passes in front
+              (_sprite("magenta", "circle", "large", 22.0, 16.0, -0.8, 0.3), _sprite("yellow", "diamond", "small", 8.0, 8.0, 0.7, 1.0))),
 ]
+assert len(REFERENCES) == len(PROMPTS)
 
 
 def _chunks(layout: list[tuple[int, int]], overlap: int) -> str:

@@ -411,7 +411,7 @@ def test_cli_evaluate_writes_json(tmp_path, capsys):
     assert record["summary"]["metrics"]["identity_both"] == {"mean": 1.0, "std": 0.0, "n": 2}
     assert set(record["summary"]["metrics"]) == set(METRIC_NAMES)
     # one captioned video: no chance level of the caption metrics to print
-    assert record["summary"]["mismatched_captions"]["caption_sprites"] == {"mean": None, "n": 0}
+    assert record["summary"]["mismatched_captions"]["caption_sprites"] == {"mean": None, "videos": 0, "pairs": 0}
     assert "chance" not in printed
     # default output: evaluation.json next to the first input (inside a folder given as input)
     assert main(["evaluate", str(tmp_path / "b.gif"), "--no-synthetic"]) == 0
@@ -465,31 +465,51 @@ def test_prompt_of_a_video_from_its_sidecar():
     assert _prompt_of(Path("o/v.mp4"), None) is None and _prompt_of(Path("o/v.mp4"), {"prompts": [3]}) is None
 
 
-def test_mismatched_captions_is_adherence_to_the_other_videos_captions():
+def _scored(spec, caption: str, frames: int = 12) -> dict:
+    return {**evaluate_frames(render(spec, CFG, 0, frames), caption=caption, feature="hist"), "caption": caption}
+
+
+def test_mismatched_captions_scores_each_caption_on_the_other_prompts_videos():
     """A: blue striped, red + yellow sprites; B: white plain, one green sprite; C: A again under A's
-    caption. Each video against each *other distinct* caption: A and C against B's ("a yellow ...
-    on a plain white background"): background 0, sprites 1, texture 0; B against A's ("a red circle on
-    a blue striped background"): 0, 0, 0 -> means 0, 2/3, 0 over 3 pairs. Own captions are skipped,
-    also when another video shares them (C)."""
+    caption. Each video's caption is scored on the videos whose caption names another value: A's and
+    C's ("a red circle on a blue striped background") on B: 0, 0, 0; B's ("a yellow square on a plain
+    white background") on A and C: background 0, sprites 1 (A has a yellow sprite), texture 0.
+    Chance = mean over the three videos: 0, 1/3, 0; C and A name the same values, so never pair."""
     from vin.eval.evaluate import mismatched_captions, summarize
 
-    a_spec = two_sprites()
     b_spec = VideoSpec(PALETTE_NAMES.index("white"), "plain",
                        (SpriteSpec(PALETTE_NAMES.index("green"), "triangle", "large", 16.0, 16.0, 0.3, 0.0),))
     cap_a, cap_b = "a red circle on a blue striped background", "a yellow square on a plain white background"
-    vids = {}
-    for name, spec, cap in (("a", a_spec, cap_a), ("b", b_spec, cap_b), ("c", a_spec, cap_a)):
-        r = evaluate_frames(render(spec, CFG, 0, 12), caption=cap, feature="hist")
-        vids[name] = {**r, "caption": cap}
+    vids = {"a": _scored(two_sprites(), cap_a), "b": _scored(b_spec, cap_b), "c": _scored(two_sprites(), cap_a)}
     assert vids["a"]["metrics"]["caption_sprites"] == 1.0 and vids["b"]["metrics"]["caption_sprites"] == 0.0
     chance = mismatched_captions(vids)
-    assert chance == {"caption_background": {"mean": 0.0, "n": 3}, "caption_sprites": {"mean": 2 / 3, "n": 3},
-                      "caption_texture": {"mean": 0.0, "n": 3}}
+    assert chance == {"caption_background": {"mean": 0.0, "videos": 3, "pairs": 4},
+                      "caption_sprites": {"mean": 1 / 3, "videos": 3, "pairs": 4},
+                      "caption_texture": {"mean": 0.0, "videos": 3, "pairs": 4}}
     assert summarize(vids)["mismatched_captions"] == chance
-    # one distinct caption, or none: no chance level
+    # one distinct caption, or no caption: no chance level
     same = {k: vids[k] for k in ("a", "c")}
-    assert all(v == {"mean": None, "n": 0} for v in mismatched_captions(same).values())
-    assert all(v["n"] == 0 for v in mismatched_captions({k: {**v, "caption": None} for k, v in vids.items()}).values())
+    assert all(v == {"mean": None, "videos": 0, "pairs": 0} for v in mismatched_captions(same).values())
+    assert all(v["pairs"] == 0 for v in mismatched_captions({k: {**v, "caption": None} for k, v in vids.items()}).values())
+
+
+def test_mismatched_captions_equals_the_own_score_of_a_model_that_ignores_the_words():
+    """Every video is the same (red + yellow on blue), whatever its prompt, and the prompts repeat
+    unequally (3x one naming red, 1x one naming green), plus a prompt naming no colour and a
+    schedule (left out): the own-caption mean and the chance level are both 3/4."""
+    from vin.eval.evaluate import mismatched_captions, summarize
+
+    red, green = "a red square on a blue background", "a green circle on a white background"
+    caps = [red, red, red, green, "a circle", "a red square; a green circle"]
+    vids = {str(i): _scored(two_sprites(), c) for i, c in enumerate(caps)}
+    summary = summarize(vids)
+    own = summary["metrics"]["caption_sprites"]["mean"]
+    chance = summary["mismatched_captions"]["caption_sprites"]
+    assert own == 0.75 and chance["mean"] == 0.75 and chance["videos"] == 4
+    assert chance["pairs"] == 3 * 2 + 4  # each red video: the green and the no-colour video; green: the other four
+    # the background words: red's videos say blue (shown), green's says white (not): 3/4 own, 3/4 chance
+    assert summary["metrics"]["caption_background"]["mean"] == 0.75
+    assert mismatched_captions(vids)["caption_background"]["mean"] == 0.75
 
 
 def test_cli_evaluate_prints_the_chance_level_of_the_captions(tmp_path, capsys):
@@ -503,5 +523,5 @@ def test_cli_evaluate_prints_the_chance_level_of_the_captions(tmp_path, capsys):
         "layout": [[0, 12]], "model_config": {"data": {"height": 32, "width": 32, "fps": 8}},
         "prompts": ["a red square on a blue background", "a green triangle on a white background"]}))
     assert main(["evaluate", str(tmp_path), "--feature", "hist", "--out", str(tmp_path / "e.json")]) == 0
-    assert "own caption vs the other videos' captions (chance): background 1.000 vs 0.000, sprites 1.000 vs 0.000" \
+    assert "own caption / chance (on the videos of other prompts): background 1.000 / 0.000, sprites 1.000 / 0.000" \
         in capsys.readouterr().out

@@ -271,8 +271,8 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     pairs = [(m.split("_")[1], ours[m]["mean"], chance[m]["mean"]) for m in chance
              if chance[m]["mean"] is not None and ours[m]["mean"] is not None]
     if pairs:
-        print("caption adherence, own caption vs the other videos' captions (chance): "
-              + ", ".join(f"{name} {own:.3f} vs {base:.3f}" for name, own, base in pairs))
+        print("caption adherence, own caption / chance (on the videos of other prompts): "
+              + ", ".join(f"{name} {own:.3f} / {base:.3f}" for name, own, base in pairs))
     print(f"wrote {out}")
     return 0
 

@@ -270,23 +270,36 @@ CAPTION_METRICS = ("caption_background", "caption_sprites", "caption_texture")
 
 
 def mismatched_captions(per_video: dict[str, dict]) -> dict:
-    """The chance level of the caption-adherence metrics in this set: each video scored against the
-    captions of the *other* videos that differ from its own (a model that ignores the words scores
-    the same with its own caption). Per metric: mean over (video, other caption) pairs where the
-    caption names such an attribute, and the pair count; None without two distinct captions."""
-    from vin.eval.identity import caption_adherence
+    """The chance level of the caption-adherence metrics in this set: for each video with a score,
+    how often the videos made for *other* prompts show what its caption names (its caption scored
+    on them), averaged over the videos. A model that ignores the words scores the same on average
+    with its own captions, however often each prompt repeats. Per metric, a pair is skipped when
+    the two captions name the same value (e.g. both say "blue background"); per-chunk schedules
+    ("a; b") are left out on both sides. Returns per metric the mean, the number of videos it
+    averages and the number of (video, other video) pairs; mean None where no pair exists."""
+    from vin.eval.identity import caption_adherence, caption_colours, caption_texture
 
-    videos = [v for v in per_video.values() if v.get("identity") and v.get("caption")]
-    captions = sorted({v["caption"] for v in videos})
-    scores: dict[str, list[float]] = {m: [] for m in CAPTION_METRICS}
-    for v in videos:
-        for other in captions:
-            if other == v["caption"]:
+    def named(caption: str) -> dict[str, object]:
+        background, sprites = caption_colours(caption)
+        return {"caption_background": background, "caption_sprites": frozenset(sprites),
+                "caption_texture": caption_texture(caption)}
+
+    videos = [v for v in per_video.values() if v.get("identity") and v.get("caption") and ";" not in v["caption"]]
+    attrs = [named(v["caption"]) for v in videos]
+    out = {}
+    for m in CAPTION_METRICS:
+        per_video_chance, pairs = [], 0
+        for i, v in enumerate(videos):
+            if v["metrics"].get(m) is None:
                 continue
-            for m, x in caption_adherence(v["identity"], other).items():
-                if x is not None:
-                    scores[m].append(x)
-    return {m: {"mean": float(np.mean(x)) if x else None, "n": len(x)} for m, x in scores.items()}
+            scores = [caption_adherence(w["identity"], v["caption"])[m] for j, w in enumerate(videos)
+                      if attrs[j][m] != attrs[i][m]]
+            if scores:
+                per_video_chance.append(float(np.mean(scores)))
+                pairs += len(scores)
+        out[m] = {"mean": float(np.mean(per_video_chance)) if per_video_chance else None,
+                  "videos": len(per_video_chance), "pairs": pairs}
+    return out
 
 
 def summarize(per_video: dict[str, dict]) -> dict:
