@@ -331,6 +331,57 @@ def test_resume_continues_exactly(tmp_path):
     assert json.loads((b / "config.json").read_text())["train"]["steps"] == 6
 
 
+def test_compiled_training_follows_the_eager_run(tmp_path, monkeypatch):
+    """train.compile compiles the repeated blocks in place: the same losses and weights as the eager
+    run (to float rounding of fused kernels), the same checkpoint keys, and a compiled run resumes an
+    eager one (and the reverse)."""
+    cfg = tiny_cfg("train.steps=3", "train.ckpt_every=2")
+    import vin.training.trainer as trainer
+
+    compiled_blocks = []
+    real = trainer.compile_blocks
+    monkeypatch.setattr(trainer, "compile_blocks", lambda *a, **k: compiled_blocks.append(real(*a, **k)))
+    eager, compiled, mixed = tmp_path / "eager", tmp_path / "compiled", tmp_path / "mixed"
+    train(cfg, eager, progress=False)
+    assert compiled_blocks == []
+    train(with_train(cfg, compile=True), compiled, progress=False)
+    train(with_train(cfg, steps=2), mixed, progress=False)
+    train(with_train(cfg, compile=True), mixed, resume=True, progress=False)
+    assert len(compiled_blocks) == 2 and compiled_blocks[0] > 0
+    log_e, log_c, log_m = read_log(eager), read_log(compiled), read_log(mixed)
+    assert sorted(log_e) == sorted(log_c) == sorted(log_m) == [1, 2, 3]
+    for step in (1, 2, 3):
+        assert log_c[step]["loss"] == pytest.approx(log_e[step]["loss"], rel=1e-4), step
+        assert log_m[step]["loss"] == pytest.approx(log_e[step]["loss"], rel=1e-4), step
+    a, b, m = (load_file(str(checkpoints(d)[-1])) for d in (eager, compiled, mixed))
+    assert a.keys() == b.keys() == m.keys()  # no "_orig_mod." names
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5, msg=k)
+            torch.testing.assert_close(m[k], a[k], rtol=1e-3, atol=1e-5, msg=k)
+
+
+def test_compile_blocks_compiles_every_repeated_block():
+    from vin.training.trainer import compile_blocks
+
+    cfg = tiny_cfg()
+    model = build_model(cfg)
+    keys = list(model.state_dict())
+    n = compile_blocks(model)
+    d, v, t = cfg.model.dit.depth, cfg.model.vin.processor_depth, cfg.model.text.depth
+    assert n == d + v + t + (d if cfg.model.vin.inject == "cross" else 0)
+    assert list(model.state_dict()) == keys
+    assert all(b._compiled_call_impl is not None for b in model.dit.blocks)
+
+
+def test_compile_on_the_cpu_without_a_compiler_says_so(monkeypatch):
+    import vin.training.trainer as trainer
+
+    monkeypatch.setattr(trainer.shutil, "which", lambda name: None)
+    with pytest.raises(ValueError, match="needs a C[+][+] compiler"):
+        trainer.compile_blocks(build_model(tiny_cfg()), "cpu")
+
+
 def test_resume_may_change_training_settings(tmp_path):
     cfg = tiny_cfg("train.steps=2")
     train(cfg, tmp_path, progress=False)
