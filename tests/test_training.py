@@ -746,3 +746,57 @@ def test_stop_request_takes_the_first_signal_and_a_second_ctrl_c_aborts():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+# ------------------------------------------------------------------------------ vin bench --train
+
+def _cli(argv, capsys):
+    from vin.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+TINY_OVERRIDES = [f"--{o}" for o in TINY if not o.startswith("train.log")]
+
+
+def test_bench_train_compares_eager_and_compiled_steps(tmp_path, capsys):
+    out = tmp_path / "train-bench.json"
+    rc, stdout, err = _cli(["bench", "--train", str(XS_YAML), "--steps", "2", "--threads", "1", "--quiet",
+                            "--out", str(out), *TINY_OVERRIDES], capsys)
+    assert rc == 0, err
+    record = json.loads(out.read_text())["train"]
+    eager, compiled = record["rows"]
+    assert (eager["mode"], compiled["mode"]) == ("eager", "compile")
+    assert record["steps"] == 2 and record["batch_size"] == 2 and record["chunks"] == [2]
+    for row in (eager, compiled):
+        assert len(row["step_s"]) == len(row["losses"]) == 2 and row["s_per_step"] > 0 and row["warmup_s"] > 0
+        assert row["s_per_step"] == pytest.approx(sum(row["step_s"]) / 2)
+        assert row["videos_per_s"] == pytest.approx(2 / row["s_per_step"])
+    assert eager["speedup"] == 1.0 and eager["max_loss_rel_diff"] == 0.0
+    assert compiled["speedup"] == pytest.approx(eager["s_per_step"] / compiled["s_per_step"])
+    # the same model, batches and noise: the compiled steps compute the same losses
+    assert compiled["max_loss_rel_diff"] < 1e-4
+    assert eager["losses"][0] != eager["losses"][1]
+    assert "| eager |" in stdout and "| compile |" in stdout and "1.00x" in stdout
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--train-modes", "eager"], ["--train-modes", "--train"]),
+    (["--train", str(XS_YAML), "--strategies", "vin"], ["--train", "--strategies"]),
+    (["--train", "nope.yaml"], ["nope.yaml"]),
+    (["--train", str(XS_YAML), "--steps", "0"], ["--steps"]),
+    (["--train", str(XS_YAML), "--train.bogus=1"], ["train.bogus"]),
+    (["--train", str(XS_YAML), "--train-modes", "fast"], ["--train-modes", "fast"]),
+])
+def test_bench_train_bad_input(tmp_path, capsys, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)
+    rc, stdout, err = _cli(["bench", *argv, "--out", "x.json"], capsys)
+    assert rc == 2 and stdout == ""
+    (line,) = err.splitlines()
+    assert line.startswith("vin: error: ") and all(w in line for w in words), line
+    assert list(tmp_path.iterdir()) == []

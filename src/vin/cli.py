@@ -30,7 +30,9 @@ EPILOG_BENCH = """examples:
   vin bench --procs 1 2 --frames 64 --steps 10            # multi-process VIN sampling: time, same video, traffic
   vin bench --strategies vin full independent autoregressive freenoise spectral --frames 32 64 --steps 5 --out bench.json
   vin bench --strategies vin full --frames 64 256 --flops-only --count-flops   # FLOPs, analytic and counted
-  vin bench --paper                                        # the paper's setting: full vs VIN FLOPs per step"""
+  vin bench --paper                                        # the paper's setting: full vs VIN FLOPs per step
+  vin bench --train configs/vin-s.yaml --steps 20          # training step time, eager vs torch.compile
+  vin bench --train configs/vin-s.yaml --train.autocast_bf16=false --train-modes eager   # any config override"""
 
 
 def _check_device(name: str) -> None:
@@ -133,8 +135,13 @@ def _torchrun_group(device: str):
 
 
 def _bench(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Three benchmarks: --procs (multi-process VIN sampling, the default), --strategies (time,
-    memory and FLOPs per strategy and length), --paper (analytic FLOPs of the paper's setting)."""
+    """Four benchmarks: --procs (multi-process VIN sampling, the default), --strategies (time,
+    memory and FLOPs per strategy and length), --paper (analytic FLOPs of the paper's setting),
+    --train (training step time, eager vs compiled; takes config overrides)."""
+    if args.train is not None:
+        return _bench_training(args, overrides)
+    if args.train_modes is not None:
+        raise ValueError("--train-modes needs --train CONFIG")
     if overrides:
         raise ValueError(f"unknown arguments: {' '.join(overrides)}")
     if args.strategies and args.procs is not None:
@@ -183,6 +190,24 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> int:
     if worst > 1e-5:
         print(f"vin: error: the videos differ across process counts (max |diff| {worst:.2e})", file=sys.stderr)
         return 1
+    return 0
+
+
+def _bench_training(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.strategies or args.procs is not None or args.paper:
+        raise ValueError("--train is its own benchmark; give it without --procs, --strategies or --paper")
+    _check_device(args.device)
+    from vin.training.bench import bench_training, format_training_table
+
+    cfg = load_config(args.train, overrides)
+    progress = None if args.quiet else (lambda message: print(f"bench: {message}", file=sys.stderr))
+    record = {"train": bench_training(cfg, args.train_modes or ["eager", "compile"], args.steps, args.device,
+                                      args.threads, progress)}
+    print(format_training_table(record["train"]))
+    if args.out is not None:
+        from vin.eval.bench import write_record
+
+        print(write_record(args.out, record), file=sys.stderr)
     return 0
 
 
@@ -342,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", nargs="+", choices=STRATEGIES, metavar="STRATEGY",
                    help=f"time, peak memory and FLOPs of these strategies ({', '.join(STRATEGIES)})")
     p.add_argument("--paper", action="store_true", help="print the analytic FLOPs of the paper's setting (full vs VIN)")
+    p.add_argument("--train", type=Path, metavar="CONFIG",
+                   help="time training steps of this config (--steps measured steps after a warm-up), eager vs "
+                        "torch.compile; config overrides --section.key=value apply")
+    p.add_argument("--train-modes", nargs="+", choices=("eager", "compile"),
+                   help="--train: the modes to compare, the first the reference (default: eager compile)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint (default: the one shipped with vin)")
     p.add_argument("--prompt", action="append")
     p.add_argument("--frames", type=int, nargs="+", default=[64], help="video lengths (default 64)")
@@ -356,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, help="--strategies: fresh-process runs per row (median)")
     p.add_argument("--count-flops", action="store_true", help="--strategies: also count FLOPs of the real run")
     p.add_argument("--flops-only", action="store_true", help="--strategies: FLOPs only, no timed runs")
-    p.add_argument("--out", type=Path, help="--strategies / --paper: write every row to this JSON file")
+    p.add_argument("--out", type=Path, help="--strategies / --paper / --train: write every row to this JSON file")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
