@@ -140,7 +140,7 @@ def test_analytic_equals_counted_settings(xs, strategy, setting):
     assert {p: counted[p] for p in (*PARTS, "total")} == analytic_flops(xs.cfg, sample, SIZE, strategy, len(captions))
 
 
-@pytest.mark.parametrize("override", ["model.vin.inject=cross", "model.vin.enabled=false"])
+@pytest.mark.parametrize("override", ["model.vin.inject=cross", "model.vin.enabled=false", "model.dit.refine_width=8"])
 @pytest.mark.parametrize("strategy", ["vin", "full", "autoregressive"])
 def test_analytic_equals_counted_other_models(strategy, override):
     model = random_xs_model(override)

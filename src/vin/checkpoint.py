@@ -72,17 +72,20 @@ def checkpoint_config(path: str | Path) -> Config:
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, ema: nn.Module | None = None,
-                    optimizer: torch.optim.Optimizer | None = None, weights: str = "model") -> int:
+                    optimizer: torch.optim.Optimizer | None = None, weights: str = "model",
+                    new_modules: tuple[str, ...] = ()) -> int:
     """Load into the given modules; returns the step. `weights`: which copy goes into `model`
-    ("model" or "ema"; "ema" falls back to "model" for exported files that hold one copy)."""
+    ("model" or "ema"; "ema" falls back to "model" for exported files that hold one copy).
+    `new_modules`: name prefixes of modules the file may lack (they keep their initialisation:
+    a model grown by zero-initialised parts); every other key must match exactly."""
     meta = read_metadata(path)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path} is corrupt ({e})") from None
-    _load_into(model, tensors, weights if any(k.startswith(weights + ".") for k in tensors) else "model", path)
+    _load_into(model, tensors, weights if any(k.startswith(weights + ".") for k in tensors) else "model", path, new_modules)
     if ema is not None:
-        _load_into(ema, tensors, "ema" if any(k.startswith("ema.") for k in tensors) else "model", path)
+        _load_into(ema, tensors, "ema" if any(k.startswith("ema.") for k in tensors) else "model", path, new_modules)
     if optimizer is not None:
         if "optim_groups" not in meta:
             raise CheckpointError(f"{path} holds no optimizer state (an exported checkpoint cannot be resumed)")
@@ -95,17 +98,19 @@ def load_checkpoint(path: str | Path, model: nn.Module, ema: nn.Module | None = 
     return int(meta.get("step", 0))
 
 
-def _load_into(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path) -> None:
+def _load_into(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path,
+               new_modules: tuple[str, ...] = ()) -> None:
     sub = upgrade_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(sub))
+    grown = {k for k in set(expected) - set(sub) if any(k.startswith(m + ".") for m in new_modules)}
+    missing = sorted(set(expected) - set(sub) - grown)
     extra = sorted(set(sub) - set(expected))
     if missing or extra:
         raise CheckpointError(f"{path} does not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
     for k, v in sub.items():
         if v.shape != expected[k].shape:
             raise CheckpointError(f"{path} does not match the model: {k} has shape {tuple(v.shape)}, model expects {tuple(expected[k].shape)}")
-    module.load_state_dict(sub)
+    module.load_state_dict(sub, strict=not grown)
 
 
 def export_weights(src: str | Path, dst: str | Path) -> Path:

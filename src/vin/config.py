@@ -53,10 +53,17 @@ class DiTConfig:
     patch_t: int = 2  # temporal patch (frames per token)
     patch_s: int = 4  # spatial patch (pixels per token side)
     qk_norm: bool = True
+    # Pixel refiner (`vin.models.refine`): 3x3 convolutions of this many channels at full resolution
+    # after the patch decoder, reading `refine_features` channels per pixel decoded from the DiT's
+    # last hidden state; 0 = none. Zero-initialised, so it can be added to a trained checkpoint.
+    refine_width: int = 0
+    refine_features: int = 8
 
     def __post_init__(self) -> None:
         _check(self.width % self.heads == 0, f"dit.width ({self.width}) must be divisible by dit.heads ({self.heads})")
         _check(self.patch_t >= 1 and self.patch_s >= 1, "dit patch sizes must be >= 1")
+        _check(self.refine_width >= 0 and self.refine_features >= 0,
+               f"dit.refine_width and dit.refine_features must be >= 0, got {self.refine_width}, {self.refine_features}")
 
 
 @dataclass(frozen=True)

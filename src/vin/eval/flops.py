@@ -1,7 +1,8 @@
 """Compute accounting: FLOPs of one generated video, per strategy, from formulas and counted.
 
 Convention (that of `torch.utils.flop_counter`): a multiply-add is 2 FLOPs, and only matrix
-products are counted - every linear layer (2 x tokens x d_in x d_out) and every attention
+products are counted - every linear layer (2 x tokens x d_in x d_out), convolution
+(2 x output pixels x c_in x c_out x k^2) and attention
 (2 x q_len x k_len x head_dim for the scores plus as much for the weighted values, per head).
 Elementwise work (norms, softmax, GELU, adaLN modulation, positional encodings, the solver update,
 fusion, spectral blending's FFT) and the embedding lookup are left out by both `analytic_flops` and
@@ -22,7 +23,8 @@ Parts (keys of both results, plus "total"):
     vin_read       the interface except its processor blocks: keyframe embedding, conditioning,
                    the read cross-attention, its MLP, the caption projection
     vin_processor  the interface's self-attention blocks over [global tokens ; caption]
-    dit_linear     every linear layer of the DiT (embeddings, adaLN, q/kv/proj, MLP, output)
+    dit_linear     every linear layer of the DiT (embeddings, adaLN, q/kv/proj, MLP, output) and
+                   the convolutions of its pixel refiner, if any
     dit_attention  the DiT's attention products (spectral: both streams)
 """
 
@@ -111,6 +113,21 @@ def _adaln_block(seq: int, dim: int, heads: int, mlp_ratio: float, attention_map
     return linear, attention_maps * attention_flops(1, heads, seq, seq, dim // heads)
 
 
+def conv_flops(pixels: int, c_in: int, c_out: int, kernel: int = 3) -> int:
+    """A 2-D convolution producing `pixels` output pixels (FlopCounterMode's count, bias left out)."""
+    return 2 * pixels * c_in * c_out * kernel * kernel
+
+
+def refine_flops(mc: ModelConfig, n_x: int, frames: int, frame_size: tuple[int, int]) -> int:
+    """`PixelRefiner` and its feature decoder on one window of `n_x` tokens, `frames` frames."""
+    d, C = mc.dit, mc.channels
+    if not d.refine_width:
+        return 0
+    pixels, R, K = frames * frame_size[0] * frame_size[1], d.refine_width, d.refine_features
+    return (linear_flops(n_x, d.width, K * d.patch_t * d.patch_s**2) + linear_flops(1, d.width, 2 * R)
+            + conv_flops(pixels, 2 * C + K, R) + conv_flops(pixels, R, R) + conv_flops(pixels, R, C))
+
+
 def text_flops(tc: TextConfig, captions: int) -> int:
     """`TextEncoder` on `captions` captions (always padded to max_tokens)."""
     L, W = tc.max_tokens, tc.width
@@ -134,7 +151,7 @@ def dit_flops(mc: ModelConfig, sequences: int, latent_frames: int, frame_size: t
     linear = (linear_flops(n_x, patch_dim, D) + _timestep_embedder(D) + linear_flops(1, W_t, D)
               + linear_flops(L_t, W_t, D) + linear_flops(1, D, 2 * D) + linear_flops(n_x, D, patch_dim))
     block_linear, block_attention = _adaln_block(seq, D, d.heads, d.mlp_ratio, attention_maps)
-    linear += d.depth * block_linear
+    linear += d.depth * block_linear + refine_flops(mc, n_x, latent_frames * d.patch_t, frame_size)
     attention = d.depth * block_attention
     if use_global:
         linear += linear_flops(v.num_global, v.width, D)
@@ -219,7 +236,7 @@ def analytic_flops(model_cfg: ModelConfig, sample: SampleConfig, frame_size: tup
 
 # ------------------------------------------------------------------------------ counted
 
-_LINEAR_OPS = (aten.mm, aten.addmm)
+_LINEAR_OPS = (aten.mm, aten.addmm, aten.convolution)
 _PROCESSOR = re.compile(r"VideoInterface\.processor\.\d+")
 
 

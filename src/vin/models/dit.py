@@ -6,7 +6,8 @@ was trained on, however long the video. The token sequence of one chunk is
     [caption tokens (L_text) ; global tokens (N_global, optional) ; video patch tokens (N_x)]
 
 with full self-attention over it (the paper's eps([X_t^i, Z_t], t), MM-DiT-like joint attention).
-Only the video tokens are decoded. The chunk tokens see the global tokens through a per-block,
+Only the video tokens are decoded (then, with `dit.refine_width`, sharpened at pixel level by
+`vin.models.refine.PixelRefiner`). The chunk tokens see the global tokens through a per-block,
 per-head gate: a learned log-weight s added to the attention logits of the global keys (each global
 key counts exp(s) times). It starts nearly shut (`model.vin.gate_init`, -16: the 32 global keys of
 VIN-S carry a total weight ~4e-6 against one video key), so the untrained model is the plain chunk DiT
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from vin.config import ModelConfig
 from vin.models.layers import AdaLNBlock, AttendFn, Attention, FinalLayer, TimestepEmbedder, sincos_3d
+from vin.models.refine import PixelRefiner
 from vin.models.text import TextEmbedding, key_padding_bias
 
 _GATE_EPS = 1e-12  # checkpoints from before the log-space gate stored w >= 0: s = log(w + eps)
@@ -54,6 +56,10 @@ class ChunkDiT(nn.Module):
         self.pool_proj = nn.Linear(cfg.text.width, d.width)
         self.blocks = nn.ModuleList(AdaLNBlock(d.width, d.heads, d.mlp_ratio, d.qk_norm) for _ in range(d.depth))
         self.final = FinalLayer(d.width, patch_dim)
+        self.refine = None
+        if d.refine_width:
+            self.refine_features = nn.Linear(d.width, d.refine_features * d.patch_t * d.patch_s**2)
+            self.refine = PixelRefiner(cfg.channels, d.refine_width, d.refine_features, d.width)
         self.inject = cfg.vin.inject if global_width else None
         if global_width:
             self.global_proj = nn.Linear(global_width, d.width)
@@ -105,8 +111,12 @@ class ChunkDiT(nn.Module):
             seq = block(seq, c, bias, attend)
             if z is not None:
                 seq = seq + self.cross[i](seq, z)
-        out = self.final(seq[:, -tokens.shape[1]:], c)
-        return unpatchify(out, self.patch, (f, h, w))
+        hidden = self.final.hidden(seq[:, -tokens.shape[1]:], c)
+        out = unpatchify(self.final.linear(hidden), self.patch, (f, h, w))
+        if self.refine is not None:
+            features = unpatchify(self.refine_features(hidden), self.patch, (f, h, w))
+            out = self.refine(out, x, features, c)
+        return out
 
     def _gate_bias(self, block: int, start: int, n: int, length: int) -> Tensor:
         """(1, heads, 1, length): the gate log-weight on the global-token keys of `block`, 0 elsewhere."""

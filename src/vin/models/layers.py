@@ -166,6 +166,10 @@ class FinalLayer(nn.Module):
         for p in (self.ada[1].weight, self.ada[1].bias, self.linear.weight, self.linear.bias):
             nn.init.zeros_(p)
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def hidden(self, x: Tensor, c: Tensor) -> Tensor:
+        """The normalised, modulated tokens the output linear reads (the pixel refiner reads them too)."""
         shift, scale = self.ada(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
+        return modulate(self.norm(x), shift, scale)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        return self.linear(self.hidden(x, c))
