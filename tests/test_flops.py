@@ -141,7 +141,7 @@ def test_analytic_equals_counted_settings(xs, strategy, setting):
 
 
 @pytest.mark.parametrize("override", ["model.vin.inject=cross", "model.vin.enabled=false", "model.dit.refine_width=8"])
-@pytest.mark.parametrize("strategy", ["vin", "full", "autoregressive"])
+@pytest.mark.parametrize("strategy", ["vin", "full", "autoregressive", "spectral"])
 def test_analytic_equals_counted_other_models(strategy, override):
     model = random_xs_model(override)
     sample = SampleConfig(frames=16, steps=1, overlap=4, cfg=2.0)
@@ -333,3 +333,12 @@ def test_peak_memory_excludes_the_parent(tiny_checkpoint):
     row = measure(tiny_checkpoint, "vin", SampleConfig(frames=8, steps=1), ["a"])
     assert ballast[-1] == 1 and row["status"] == "ok"
     assert 0 <= row["peak_mem_mb"] < 200  # a tiny model on 8 frames of 16x16 needs a few MB
+
+
+@pytest.mark.parametrize("strategy", ["vin", "spectral", "freenoise", "independent"])
+def test_meta_device_counts_the_same_with_a_refiner(strategy):
+    model = random_xs_model("model.dit.refine_width=8")
+    sample = SampleConfig(frames=20, steps=2, overlap=4)
+    meta = counted_flops(model, CAPTION, sample, SIZE, strategy, meta=True)
+    assert meta == counted_flops(model, CAPTION, sample, SIZE, strategy) == \
+        {**analytic_flops(model.cfg, sample, SIZE, strategy), "other": 0}

@@ -158,5 +158,35 @@ def test_bf16_warning_on_cpus_without_bf16_units(tmp_path, monkeypatch, capsys, 
     assert warned is not fast
 
 
-def test_cpu_has_fast_bf16_is_a_bool():
-    assert isinstance(trainer.cpu_has_fast_bf16(), bool)
+def test_refiner_trains_under_cpu_bf16_autocast(tmp_path):
+    """Two steps with a refiner under CPU bf16 autocast: finite losses, the refiner's output layer moves."""
+    cfg = load_config(XS_YAML, TINY + ["train.steps=2", "train.autocast_bf16=true", "model.dit.refine_width=8"])
+    train(cfg, tmp_path, progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    model = build_model(cfg)
+    load_checkpoint(checkpoints(tmp_path)[-1], model)
+    assert model.dit.refine.conv_out.weight.abs().sum() > 0
+
+
+def test_a_new_module_loads_whole_or_not_at_all(tmp_path):
+    """`new_modules` lets a file lack a module entirely; a file holding part of it is refused."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    cfg = load_config(XS_YAML, TINY + ["train.steps=1", "model.dit.refine_width=8"])
+    train(cfg, tmp_path / "a", progress=False)
+    full = export_weights(checkpoints(tmp_path / "a")[-1], tmp_path / "w.safetensors")
+    tensors = load_file(str(full))
+    partial = {k: v for k, v in tensors.items() if not k.startswith("model.dit.refine.conv_out.")}
+    with safe_open(str(full), "pt") as f:
+        meta = f.metadata()  # format and config, as the full file
+    save_file(partial, str(tmp_path / "p.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="conv_out"):
+        load_checkpoint(tmp_path / "p.safetensors", build_model(cfg), new_modules=("dit.refine", "dit.refine_features"))
+    load_checkpoint(full, build_model(cfg), new_modules=("dit.refine", "dit.refine_features"))  # complete: loads
+
+
+def test_refine_features_without_a_refiner_change_nothing():
+    a = load_config(None, ["model.dit.refine_features=3"], preset="VIN-XS/4")
+    assert a.model == load_config(None, [], preset="VIN-XS/4").model

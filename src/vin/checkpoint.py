@@ -102,7 +102,11 @@ def _load_into(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str,
                new_modules: tuple[str, ...] = ()) -> None:
     sub = upgrade_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
     expected = module.state_dict()
-    grown = {k for k in set(expected) - set(sub) if any(k.startswith(m + ".") for m in new_modules)}
+    grown: set[str] = set()
+    for m in new_modules:  # a new module is absent from the file as a whole, never in part
+        keys = {k for k in expected if k.startswith(m + ".")}
+        if not keys & set(sub):
+            grown |= keys
     missing = sorted(set(expected) - set(sub) - grown)
     extra = sorted(set(sub) - set(expected))
     if missing or extra:

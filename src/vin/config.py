@@ -64,6 +64,8 @@ class DiTConfig:
         _check(self.patch_t >= 1 and self.patch_s >= 1, "dit patch sizes must be >= 1")
         _check(self.refine_width >= 0 and self.refine_features >= 0,
                f"dit.refine_width and dit.refine_features must be >= 0, got {self.refine_width}, {self.refine_features}")
+        if not self.refine_width:  # no refiner: its feature count builds nothing, so it never tells configs apart
+            object.__setattr__(self, "refine_features", DiTConfig.refine_features)
 
 
 @dataclass(frozen=True)
