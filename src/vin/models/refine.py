@@ -15,7 +15,12 @@ pixel decoder conditioned on the DiT's per-patch features.
 
 `film_c` scales and shifts the channels from the DiT's conditioning vector (timestep + pooled
 caption). conv_out is zero-initialised, so a DiT with a new refiner computes exactly what it did
-without one: a trained checkpoint can be warm-started with it (`train.init_from`).
+without one: a trained checkpoint can be warm-started with it (`train.init_from`). The EMA copy
+starts from the same zeros and follows at `train.ema_decay` from the first step (the decay's
+warm-up counts from step 0, not from the warm start), so after a short fine-tune the EMA's refiner
+lags the trained one by about 1 / (1 - ema_decay) steps. Its activations are full-resolution
+(rows x frames x H x W x refine_width), which the attention-memory guard of `full` and `spectral`
+does not count.
 """
 
 from __future__ import annotations
