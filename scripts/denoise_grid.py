@@ -23,10 +23,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from vin.checkpoint import CheckpointError, checkpoint_config, load_checkpoint  # noqa: E402
+from vin.checkpoint import CheckpointError, checkpoint_config  # noqa: E402
 from vin.data.synthetic import make_batch  # noqa: E402
 from vin.diffusion.flow import interpolate, sample_ode  # noqa: E402
-from vin.training.trainer import build_model  # noqa: E402
+from vin.generate import load_model  # noqa: E402
 
 
 def _frame(video: torch.Tensor, index: int):
@@ -37,9 +37,7 @@ def _frame(video: torch.Tensor, index: int):
 def model_row(path: str, video: torch.Tensor, captions: list[str], noise: torch.Tensor, ts: list[float],
               steps: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """x0 estimates at each t and SDEdit samples from each t (and t = 1), each (B, C, F, H, W)."""
-    model = build_model(checkpoint_config(path))
-    load_checkpoint(path, model, weights="ema")
-    model.eval()
+    model, _ = load_model(path)
     text = model.encode_text(captions)
 
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:

@@ -50,7 +50,7 @@ def test_fresh_refiner_is_the_plain_dit():
 
 def _refiner(seed: int = 0) -> PixelRefiner:
     torch.manual_seed(seed)
-    r = PixelRefiner(3, 8, 4, 16)
+    r = PixelRefiner(3, 8, 4, 16, patch_values=32)
     with torch.no_grad():
         for p in r.parameters():
             if not p.any():
@@ -129,7 +129,7 @@ def test_init_from_grows_a_refiner(tmp_path):
 
     old, grown = build_model(cfg).eval(), build_model(grown_cfg).eval()
     load_checkpoint(exported, old, weights="ema")
-    load_checkpoint(exported, grown, weights="ema", new_modules=("dit.refine", "dit.refine_features"))
+    load_checkpoint(exported, grown, weights="ema", new_modules=("dit.refine",))
     x, t = torch.randn(2, 2, 3, 4, H, W), torch.tensor([0.4, 0.8])
     assert torch.equal(_velocity(old, x, t), _velocity(grown, x, t))
     with pytest.raises(CheckpointError, match="missing"):
@@ -183,8 +183,8 @@ def test_a_new_module_loads_whole_or_not_at_all(tmp_path):
         meta = f.metadata()  # format and config, as the full file
     save_file(partial, str(tmp_path / "p.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match="conv_out"):
-        load_checkpoint(tmp_path / "p.safetensors", build_model(cfg), new_modules=("dit.refine", "dit.refine_features"))
-    load_checkpoint(full, build_model(cfg), new_modules=("dit.refine", "dit.refine_features"))  # complete: loads
+        load_checkpoint(tmp_path / "p.safetensors", build_model(cfg), new_modules=("dit.refine",))
+    load_checkpoint(full, build_model(cfg), new_modules=("dit.refine",))  # complete: loads
 
 
 def test_refine_features_without_a_refiner_change_nothing():

@@ -58,8 +58,7 @@ class ChunkDiT(nn.Module):
         self.final = FinalLayer(d.width, patch_dim)
         self.refine = None
         if d.refine_width:
-            self.refine_features = nn.Linear(d.width, d.refine_features * d.patch_t * d.patch_s**2)
-            self.refine = PixelRefiner(cfg.channels, d.refine_width, d.refine_features, d.width)
+            self.refine = PixelRefiner(cfg.channels, d.refine_width, d.refine_features, d.width, d.patch_t * d.patch_s**2)
         self.inject = cfg.vin.inject if global_width else None
         if global_width:
             self.global_proj = nn.Linear(global_width, d.width)
@@ -114,7 +113,7 @@ class ChunkDiT(nn.Module):
         hidden = self.final.hidden(seq[:, -tokens.shape[1]:], c)
         out = unpatchify(self.final.linear(hidden), self.patch, (f, h, w))
         if self.refine is not None:
-            features = unpatchify(self.refine_features(hidden), self.patch, (f, h, w))
+            features = unpatchify(self.refine.features(hidden), self.patch, (f, h, w))
             out = self.refine(out, x, features, c)
         return out
 

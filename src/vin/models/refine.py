@@ -10,8 +10,8 @@ pixel decoder conditioned on the DiT's per-patch features.
 `PixelRefiner` is that stage, per frame (2-D convolutions, so it works on windows of any length):
 
     h = silu(conv_in([y ; x_t ; features]))        y: the DiT's decoded output, x_t: the noisy input,
-    h = silu(film_c(conv_mid(h)))                  features: `feature_channels` per pixel decoded
-    out = y + conv_out(h)                          from the DiT's last hidden state like y
+    h = silu(film_c(conv_mid(h)))                  features: `feature_channels` per pixel, decoded by
+    out = y + conv_out(h)                          `features` from the DiT's last hidden state like y
 
 `film_c` scales and shifts the channels from the DiT's conditioning vector (timestep + pooled
 caption). conv_out is zero-initialised, so a DiT with a new refiner computes exactly what it did
@@ -32,11 +32,14 @@ from torch import Tensor, nn
 
 
 class PixelRefiner(nn.Module):
-    def __init__(self, channels: int, width: int, feature_channels: int, cond_dim: int):
+    def __init__(self, channels: int, width: int, feature_channels: int, dim: int, patch_values: int):
+        """`dim`: the DiT's width (its hidden tokens and conditioning vector); `patch_values`: pixels
+        per token (pt * ps * ps), so that `features` maps a token to its pixels' feature channels."""
         super().__init__()
+        self.features = nn.Linear(dim, feature_channels * patch_values)
         self.conv_in = nn.Conv2d(2 * channels + feature_channels, width, 3, padding=1)
         self.conv_mid = nn.Conv2d(width, width, 3, padding=1)
-        self.film = nn.Linear(cond_dim, 2 * width)
+        self.film = nn.Linear(dim, 2 * width)
         self.conv_out = nn.Conv2d(width, channels, 3, padding=1)
         for p in (self.film.weight, self.film.bias, self.conv_out.weight, self.conv_out.bias):
             nn.init.zeros_(p)

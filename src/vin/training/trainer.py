@@ -341,11 +341,9 @@ def _init_from(cfg: Config, model: nn.Module, ema: nn.Module | None) -> int:
     old = checkpoint_config(src)
     grown = _grown_modules(old.model, cfg.model)
     if old.model != cfg.model and grown is None:
-        shown = cfg.model  # past a refiner that may be grown, name the difference that blocks the start
-        if old.model.dit.refine_width == 0:
-            shown = replace(cfg.model, dit=replace(cfg.model.dit, refine_width=0, refine_features=old.model.dit.refine_features))
-        diff = _first_diff(old.model, shown) if old.model != shown else _first_diff(old.model, cfg.model)
-        raise CheckpointError(f"train.init_from: {src} was trained with a different model config: {diff}")
+        # past a refiner that could be grown, name the difference that blocks the start
+        shown = _without_refiner(cfg.model) if old.model.dit.refine_width == 0 else cfg.model
+        raise CheckpointError(f"train.init_from: {src} was trained with a different model config: {_first_diff(old.model, shown)}")
     step = load_checkpoint(src, model, weights="ema", new_modules=grown or ())
     if ema is not None:
         ema.load_state_dict(model.state_dict())
@@ -366,11 +364,14 @@ def cpu_has_fast_bf16() -> bool:
 def _grown_modules(old: ModelConfig, new: ModelConfig) -> tuple[str, ...] | None:
     """The modules `new` adds to `old` that start as exact no-ops (a pixel refiner on a model
     without one), or None when the two differ otherwise."""
-    if old.dit.refine_width == 0 and new.dit.refine_width > 0:
-        same_dit = replace(new.dit, refine_width=0, refine_features=old.dit.refine_features)
-        if replace(new, dit=same_dit) == old:
-            return ("dit.refine", "dit.refine_features")
+    if old.dit.refine_width == 0 and new.dit.refine_width > 0 and _without_refiner(new) == old:
+        return ("dit.refine",)
     return None
+
+
+def _without_refiner(m: ModelConfig) -> ModelConfig:
+    """`m` with no pixel refiner (DiTConfig resets the refiner's other fields when its width is 0)."""
+    return replace(m, dit=replace(m.dit, refine_width=0))
 
 
 def _save(run_dir: Path, cfg: Config, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, step: int,
