@@ -3,6 +3,7 @@ must end in one `vin: error: ...` line with nothing on disk changed."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -193,25 +194,30 @@ def test_export_then_generate(ws, capsys):
     assert np.array_equal(read_video(ws / "e.gif"), read_video(ws / "f.gif"))  # the EMA weights both times
 
 
-def test_sigterm_stops_training_with_a_checkpoint_to_resume_from(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_stops_training_with_a_checkpoint_to_resume_from(tmp_path, workers):
     """`vin train` sent SIGTERM (a scheduler's time limit) exits 143 after the current step with a
-    checkpoint of that step and says how to continue; `--resume` then continues from it."""
+    checkpoint of that step and says how to continue; `--resume` then continues from it. With
+    data workers the signal goes to the whole process group, as a scheduler or Ctrl-C sends it:
+    the workers must outlive the step in progress."""
     import signal
     import time
 
-    args = [*TRAIN_ARGS, "--train.steps=100000", "--train.log_every=1", "--train.ckpt_every=100000", "--out", "run"]
+    args = [*TRAIN_ARGS, "--train.steps=100000", "--train.log_every=1", "--train.ckpt_every=100000", "--out", "run",
+            f"--train.data_workers={workers}"]
     proc = subprocess.Popen([sys.executable, "-m", "vin", "train", *args], cwd=tmp_path, env=vin_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     log = tmp_path / "run" / "log.jsonl"
     try:
         deadline = time.monotonic() + 240
         while not (log.is_file() and log.read_text().strip()) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err and "trained to step" not in out
     saved = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]

@@ -250,3 +250,33 @@ def test_batch_rows_are_the_same_videos_and_captions():
         assert torch.equal(part, video[lo:hi]) and part_captions == captions[lo:hi]
     with pytest.raises(ValueError, match="rows"):
         make_batch(3, 7, 5, 6, cfg, rows=(3, 3))
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("workers, start, rows", [(1, 0, None), (2, 3, None), (3, 5, (1, 3))])
+def test_prefetched_stream_is_the_stream(workers, start, rows):
+    """Batches rendered by worker processes are the batches of the stream, in its order: worker w
+    of n renders every n-th batch and the loader interleaves them back (resumed streams and a
+    data-parallel process's rows too)."""
+    from vin.data.prefetch import prefetch
+
+    cfg = DataConfig(height=16, width=16)
+    stream = SyntheticVideoStream(cfg, seed=4, batch_size=3, frames_choices=(4, 6, 8), start_index=start, rows=rows)
+    expected = list(itertools.islice(iter(stream), 7))
+    got = list(itertools.islice(prefetch(stream, workers), 7))
+    assert [i for i, _, _ in got] == list(range(start, start + 7))
+    assert len({v.shape[2] for _, v, _ in expected}) > 1  # the lengths vary, so an order slip would show
+    for (i, v, c), (j, w, d) in zip(expected, got):
+        assert i == j and c == d and torch.equal(v, w), i
+
+
+def test_stream_batches_with_a_stride_are_its_every_nth_batch():
+    stream = SyntheticVideoStream(CFG, seed=3, batch_size=2, frames_choices=(4, 6, 8))
+    every = list(itertools.islice(stream, 7))
+    strided = list(itertools.islice(stream.batches(1, 3), 2))
+    for (i, v, c), (j, w, d) in zip(every[1::3], strided):
+        assert i == j and torch.equal(v, w) and c == d
+    with pytest.raises(ValueError, match="workers"):
+        from vin.data.prefetch import prefetch
+
+        prefetch(stream, -1)

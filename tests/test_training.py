@@ -361,6 +361,25 @@ def test_compiled_training_follows_the_eager_run(tmp_path, monkeypatch):
             torch.testing.assert_close(m[k], a[k], rtol=1e-3, atol=1e-5, msg=k)
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_data_workers_do_not_change_the_run(tmp_path):
+    """Batches rendered ahead in worker processes are the loop's own batches: the same losses and
+    weights, bit for bit; and a run resumed with another number of workers continues exactly."""
+    cfg = tiny_cfg("train.steps=4", "train.ckpt_every=2", "train.chunks=[1, 2]")
+    plain, workers, mixed = tmp_path / "plain", tmp_path / "workers", tmp_path / "mixed"
+    train(cfg, plain, progress=False)
+    train(with_train(cfg, data_workers=2), workers, progress=False)
+    train(with_train(cfg, steps=2, data_workers=3), mixed, progress=False)
+    train(cfg, mixed, resume=True, progress=False)
+    logs = [read_log(d) for d in (plain, workers, mixed)]
+    assert sorted(logs[0]) == sorted(logs[1]) == sorted(logs[2]) == [1, 2, 3, 4]
+    for step in (1, 2, 3, 4):
+        assert logs[0][step]["loss"] == logs[1][step]["loss"] == logs[2][step]["loss"], step
+    a, b, m = (load_file(str(checkpoints(d)[-1])) for d in (plain, workers, mixed))
+    for k in a:
+        assert torch.equal(a[k], b[k]) and torch.equal(a[k], m[k]), k
+
+
 def test_compile_blocks_compiles_every_repeated_block():
     from vin.training.trainer import compile_blocks
 

@@ -180,9 +180,13 @@ class TrainConfig:
     keep_checkpoints: int = 3
     autocast_bf16: bool = False
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    # Processes that render the training batches ahead of the loop (vin.data.prefetch): the same
+    # batches in the same order, so the run does not depend on it. Use 4-8 on a GPU, where rendering
+    # in the loop would starve it; 0 (in the loop) on a small CPU.
+    data_workers: int = 0
     # torch.compile every transformer block (regional compilation: one compiled block serves all,
     # parameter names and checkpoints unchanged). Costs about a minute and a half of compiling
-    # at the start (a C++ compiler on CPU), then about 1.3x faster steps on the 2-core CPU (docs/RESULTS.md).
+    # at the start (a C++ compiler on CPU), then 1.05x faster float32 steps on one thread of an AVX2 CPU (docs/RESULTS.md, "Compute").
     compile: bool = False
     # Warm start (a new run, not --resume): model and EMA from this checkpoint or exported weights
     # file (its EMA copy), fresh optimizer with a new warm-up, the step count and the data stream
@@ -197,6 +201,7 @@ class TrainConfig:
         _check(len(self.chunks) > 0 and min(self.chunks) >= 1, f"train.chunks must be positive counts, got {self.chunks}")
         _check(self.batch_size >= 1 and self.steps >= 0, "train.batch_size must be >= 1 and train.steps >= 0")
         _check(self.threads >= 0, f"train.threads must be >= 0 (0: torch's default), got {self.threads}")
+        _check(self.data_workers >= 0, f"train.data_workers must be >= 0 (0: render in the training loop), got {self.data_workers}")
         _check(self.lr_decay in ("constant", "linear", "cosine"), f"train.lr_decay must be constant, linear or cosine, got {self.lr_decay!r}")
         _check(self.decay_steps >= 0 and 0.0 <= self.lr_min_ratio <= 1.0, "train.decay_steps must be >= 0 and train.lr_min_ratio in [0, 1]")
         _check(self.gate_lr_mult > 0, f"train.gate_lr_mult must be > 0, got {self.gate_lr_mult}")

@@ -261,12 +261,17 @@ class SyntheticVideoStream:
         return self.frames_choices[int(rng.integers(len(self.frames_choices)))]
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor, list[str]]]:
-        index = self.start_index
+        return self.batches(self.start_index, 1)
+
+    def batches(self, first: int, stride: int) -> Iterator[tuple[int, torch.Tensor, list[str]]]:
+        """Batches first, first + stride, first + 2 stride, ... of the stream (one worker's share
+        when `stride` workers render it together, `vin.data.prefetch`)."""
+        index = first
         while True:
             f = self.num_frames(index)
             video, captions, _ = make_batch(self.seed, index, self.batch_size, f, self.cfg, self.rows)
             yield index, video, captions
-            index += 1
+            index += stride
 
 
 def nearest_palette(frames: np.ndarray) -> np.ndarray:

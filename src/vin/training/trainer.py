@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from vin.config import Config, ModelConfig, TrainConfig
+from vin.data.prefetch import prefetch
 from vin.data.synthetic import SyntheticVideoStream
 from vin.fileio import atomic_write_text
 from vin.models.vin import VINModel, parameter_count
@@ -162,7 +163,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
             _truncate_log(run_dir / "log.jsonl", step)
 
     rows = (lo, hi) if parallel else None
-    stream = iter(SyntheticVideoStream(cfg.data, tc.seed, tc.batch_size, training_lengths(cfg), start_index=step, rows=rows))
+    stream = prefetch(SyntheticVideoStream(cfg.data, tc.seed, tc.batch_size, training_lengths(cfg), start_index=step, rows=rows),
+                      tc.data_workers, pin_memory=torch.device(device).type == "cuda")
     loss_fn: nn.Module = _Loss(model, tc)
     if parallel:
         from torch.nn.parallel import DistributedDataParallel
@@ -182,7 +184,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     with StopRequest() as stop:
         while step < tc.steps:
             _, video, captions = next(stream)
-            video = video.to(device)
+            video = video.to(device, non_blocking=True)
             lr = learning_rate(tc, step, warm_start)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_mult"]
