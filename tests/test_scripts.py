@@ -62,3 +62,58 @@ def test_cli_writes_the_figure_and_rejects_a_missing_checkpoint(weights, tmp_pat
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "denoise_grid: error" in bad.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+GPU_SCRIPT = REPO / "scripts" / "gpu_train.sh"
+
+
+@pytest.fixture(scope="module")
+def ablation_weights(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ablation")
+    train(load_config(REPO / "configs" / "vin-xs.yaml", TINY + ["model.vin.enabled=false"]), root / "run", progress=False)
+    return export_weights(checkpoints(root / "run")[-1], root / "w.safetensors")
+
+
+def _gpu_env(tmp_path: Path, vin: Path, ablation: Path, **extra: str) -> dict[str, str]:
+    import os
+
+    tiny = " ".join(f"--{o}" for o in TINY if not o.startswith(("train.steps", "train.log_every", "train.batch_size")))
+    return dict(os.environ, OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"), DEVICE="cpu", BATCH="2",
+                WORKERS="1", CKPT_EVERY="2", BF16="false", PYTHON=sys.executable, LIMIT_S="25",
+                VIN_CONFIG=str(REPO / "configs" / "vin-xs.yaml"), ABL_CONFIG=str(REPO / "configs" / "vin-xs.yaml"),
+                VIN_INIT=str(vin), ABL_INIT=str(ablation), EXTRA_ARGS=tiny + " --train.threads=1",
+                ABL_ARGS="--model.vin.enabled=false", OMP_NUM_THREADS="1") | extra
+
+
+def test_gpu_script_trains_both_models_and_exports_them_at_one_step(weights, ablation_weights, tmp_path):
+    """scripts/gpu_train.sh, run on the CPU with VIN-XS: the device check passes, both runs train
+    until the time limit, and both are exported at the same step, one they both saved."""
+    from vin.checkpoint import checkpoint_config, load_checkpoint
+    from vin.training.trainer import build_model
+
+    env = _gpu_env(tmp_path, weights, ablation_weights)
+    r = subprocess.run(["bash", str(GPU_SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["noglobal.jsonl", "noglobal.safetensors", "report.txt",
+                                                     "vin.jsonl", "vin.safetensors"]
+    report = (out / "report.txt").read_text()
+    assert "device check: max |cpu - cpu| = 0.00e+00" in report
+    exported = int(report.strip().splitlines()[-1].split()[-1])
+    saved = []
+    for name, has_interface in (("vin", True), ("noglobal", False)):
+        cfg = checkpoint_config(out / f"{name}.safetensors")
+        assert cfg.model.vin.enabled is has_interface and cfg.train.batch_size == 2 and cfg.train.lr == 1e-3
+        assert load_checkpoint(out / f"{name}.safetensors", build_model(cfg), weights="ema") == exported
+        saved.append({int(p.stem.split("-")[1]) for p in checkpoints(tmp_path / "runs" / name)})
+    assert exported == max(saved[0] & saved[1]) and exported > 1  # trained past the warm start (step 1)
+
+
+def test_gpu_script_stops_when_the_device_disagrees_and_refuses_a_used_runs_folder(weights, ablation_weights, tmp_path):
+    env = _gpu_env(tmp_path, weights, ablation_weights, DEVICE="meta")  # a "device" with no values
+    r = subprocess.run(["bash", str(GPU_SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3 and "device check failed" in r.stderr
+    assert not (tmp_path / "runs").exists() and not list((tmp_path / "out").glob("*.safetensors"))
+    (tmp_path / "runs").mkdir()
+    r = subprocess.run(["bash", str(GPU_SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "exists" in r.stderr
