@@ -280,3 +280,19 @@ def test_stream_batches_with_a_stride_are_its_every_nth_batch():
         from vin.data.prefetch import prefetch
 
         prefetch(stream, -1)
+
+
+def test_a_run_with_data_workers_that_dies_of_an_exception_exits():
+    """The workers must not keep a crashed trainer alive: the exception's traceback holds the
+    loader, so only their own exit handling ends them (a worker ignoring SIGTERM hung here)."""
+    import subprocess
+    import sys
+
+    code = ("from vin.config import DataConfig\n"
+            "from vin.data.synthetic import SyntheticVideoStream\n"
+            "from vin.data.prefetch import prefetch\n"
+            "stream = prefetch(SyntheticVideoStream(DataConfig(height=16, width=16), 0, 2, (4,)), 2)\n"
+            "next(stream)\n"
+            "raise RuntimeError('a CUDA error, say')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "a CUDA error, say" in r.stderr

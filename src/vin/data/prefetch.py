@@ -5,24 +5,27 @@ same order, so a run's losses do not depend on the number of workers — while t
 up to `2 * workers` batches ahead. Worker w of n renders batches start + w, start + w + n, ...;
 torch's DataLoader hands out its workers' results round-robin, which restores the order.
 
-Why: the sprite world is rendered in numpy on the CPU, about 0.1-0.2 s for a batch of 64 videos
-of 26 frames on one core. On a GPU that is longer than a training step of VIN-S, so rendering in
-the loop would leave the GPU idle most of the time. On a small CPU leave it at 0: a training step
-there takes a hundred times longer than rendering its batch, and the workers would take cores
-from the step.
+Why: the sprite world is rendered in numpy on the CPU: 0.17 s for a batch of 64 videos of 26
+frames on one (busy) core of the development machine. On a GPU that is likely longer than a
+training step of VIN-S (not yet measured), so rendering in the loop would leave the GPU idle. On a
+small CPU leave it at 0: a training step there takes a hundred times longer than rendering its
+batch, and the workers would take cores from the step.
+
+The workers run in a process group of their own, so that a signal sent to the trainer's group
+(Ctrl-C, a scheduler's SIGTERM) reaches only the trainer, which stops after the step in progress
+(vin.training.stopping); they end with the trainer, also when it dies of an exception.
 """
 
 from __future__ import annotations
 
-import signal
+import multiprocessing
+import os
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vin.data.synthetic import SyntheticVideoStream
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # those vin.training.stopping catches
 
 Batch = tuple[int, torch.Tensor, list[str]]
 
@@ -39,12 +42,15 @@ class _Shards(IterableDataset):
         return self.stream.batches(self.stream.start_index + w, n)
 
 
-def _ignore_stop_signals(_: int) -> None:
+def _leave_process_group(_: int) -> None:
     # Ctrl-C, and a scheduler's SIGTERM, can reach the whole process group. The trainer stops after
-    # the step in progress with a checkpoint (vin.training.stopping) and then shuts its workers
-    # down; a worker that died first would make the DataLoader raise in the middle of that step.
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+    # the step in progress with a checkpoint (vin.training.stopping); a worker killed by the same
+    # signal would make the DataLoader raise in the middle of that step. In a group of its own a
+    # worker gets no group signal, yet still ends when the trainer does (normally, or by an
+    # exception: multiprocessing terminates its daemon workers at exit). Ignoring the signals
+    # instead would make that exit wait forever on a worker that ignores SIGTERM.
+    if hasattr(os, "setpgid"):  # POSIX
+        os.setpgid(0, 0)
 
 
 def prefetch(stream: SyntheticVideoStream, workers: int, pin_memory: bool = False) -> Iterator[Batch]:
@@ -53,6 +59,9 @@ def prefetch(stream: SyntheticVideoStream, workers: int, pin_memory: bool = Fals
         raise ValueError(f"workers must be >= 0, got {workers}")
     if workers == 0:
         return iter(stream)
+    # fork: the workers need no CUDA, and start at once; Python 3.14's default (forkserver) would put
+    # a server process in the trainer's process group, whose death by a group signal ends the workers
+    context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     loader = DataLoader(_Shards(stream), batch_size=None, num_workers=workers, prefetch_factor=2,
-                        pin_memory=pin_memory, worker_init_fn=_ignore_stop_signals)
+                        pin_memory=pin_memory, worker_init_fn=_leave_process_group, multiprocessing_context=context)
     return (tuple(item) for item in loader)  # type: ignore[misc]
