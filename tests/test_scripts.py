@@ -79,7 +79,7 @@ def _gpu_env(tmp_path: Path, vin: Path, ablation: Path, **extra: str) -> dict[st
 
     tiny = " ".join(f"--{o}" for o in TINY if not o.startswith(("train.steps", "train.log_every", "train.batch_size")))
     return dict(os.environ, OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"), DEVICE="cpu", BATCH="2",
-                WORKERS="1", CKPT_EVERY="2", BF16="false", PYTHON=sys.executable, LIMIT_S="25",
+                WORKERS="1", CKPT_EVERY="2", BF16="false", PYTHON=sys.executable, LIMIT_S="30",
                 VIN_CONFIG=str(REPO / "configs" / "vin-xs.yaml"), ABL_CONFIG=str(REPO / "configs" / "vin-xs.yaml"),
                 VIN_INIT=str(vin), ABL_INIT=str(ablation), EXTRA_ARGS=tiny + " --train.threads=1",
                 ABL_ARGS="--model.vin.enabled=false", OMP_NUM_THREADS="1") | extra
@@ -98,15 +98,18 @@ def test_gpu_script_trains_both_models_and_exports_them_at_one_step(weights, abl
     assert sorted(p.name for p in out.iterdir()) == ["noglobal.jsonl", "noglobal.safetensors", "report.txt",
                                                      "vin.jsonl", "vin.safetensors"]
     report = (out / "report.txt").read_text()
-    assert "device check: max |cpu - cpu| = 0.00e+00" in report
+    assert "prediction, max |cpu - cpu| = 0.00e+00" in report and "data workers (1, pinned memory False): the same" in report
     exported = int(report.strip().splitlines()[-1].split()[-1])
     saved = []
-    for name, has_interface in (("vin", True), ("noglobal", False)):
+    for name, has_interface, init in (("vin", True, weights), ("noglobal", False, ablation_weights)):
         cfg = checkpoint_config(out / f"{name}.safetensors")
         assert cfg.model.vin.enabled is has_interface and cfg.train.batch_size == 2 and cfg.train.lr == 1e-3
-        assert load_checkpoint(out / f"{name}.safetensors", build_model(cfg), weights="ema") == exported
+        model, start = build_model(cfg), build_model(cfg)
+        assert load_checkpoint(out / f"{name}.safetensors", model, weights="ema") == exported
+        load_checkpoint(init, start, weights="ema")
+        assert not torch.equal(model.dit.x_embed.weight, start.dit.x_embed.weight)  # it trained
         saved.append({int(p.stem.split("-")[1]) for p in checkpoints(tmp_path / "runs" / name)})
-    assert exported == max(saved[0] & saved[1]) and exported > 1  # trained past the warm start (step 1)
+    assert exported == max(saved[0] & saved[1])
 
 
 def test_gpu_script_stops_when_the_device_disagrees_and_refuses_a_used_runs_folder(weights, ablation_weights, tmp_path):
@@ -117,3 +120,41 @@ def test_gpu_script_stops_when_the_device_disagrees_and_refuses_a_used_runs_fold
     (tmp_path / "runs").mkdir()
     r = subprocess.run(["bash", str(GPU_SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "exists" in r.stderr
+
+
+def _device_check():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import device_check
+    finally:
+        sys.path.pop(0)
+    return device_check
+
+
+def test_device_check_agree_known_answers():
+    agree = _device_check().agree
+    a = torch.tensor([[0.5, -4.0], [2.0, 0.0]])
+    assert agree(a, a + 0.03, 0.01) == pytest.approx((0.03, 4.0, True))  # 0.03 <= 0.01 * 4
+    assert agree(a, a + 0.05, 0.01)[2] is False
+    assert agree(a / 10, a / 10 + 0.009, 0.01) == pytest.approx((0.009, 1.0, True))  # the scale is at least 1
+
+
+def test_device_check_passes_on_the_cpu_and_names_what_differs(weights, ablation_weights, monkeypatch, capsys):
+    dc = _device_check()
+    assert dc.check([str(weights), str(ablation_weights)], "cpu", bf16=True, workers=2, tol=1e-2) == []
+    out = capsys.readouterr().out
+    assert sum(line.endswith(" ok") for line in out.splitlines()) == 6  # 2 x (prediction, float32 step, bf16 step)
+    assert "the same batches" in out
+    real = dc.predict
+    monkeypatch.setattr(dc, "predict", lambda path, device: real(path, "cpu") + (0.5 if device == "other" else 0.0))
+    monkeypatch.setattr(dc, "train_step", lambda path, device, bf16: (1.0, device != "other" or not bf16))
+    failures = dc.check([str(weights)], "other", bf16=True, workers=0, tol=1e-2)
+    assert len(failures) == 2 and "prediction differs" in failures[0] and "bf16" in failures[1]
+
+
+def test_device_check_refuses_start_files_at_different_steps(weights, tmp_path):
+    later = tmp_path / "later"
+    cfg = load_config(REPO / "configs" / "vin-xs.yaml", TINY + ["train.steps=2", "train.init_from=" + str(weights)])
+    train(cfg, later, progress=False)
+    failures = _device_check().check([str(weights), str(checkpoints(later)[-1])], "cpu", bf16=False, workers=0, tol=1e-2)
+    assert len(failures) == 1 and "different steps" in failures[0]
