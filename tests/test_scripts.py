@@ -27,13 +27,19 @@ def weights(tmp_path_factory) -> Path:
     return export_weights(checkpoints(root / "run")[-1], root / "w.safetensors")
 
 
-def _load_script():
-    sys.path.insert(0, str(SCRIPT.parent))
+def _import_script(name: str):
+    """A module of scripts/ (not a package), imported by path."""
+    import importlib
+
+    sys.path.insert(0, str(REPO / "scripts"))
     try:
-        import denoise_grid
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return denoise_grid
+
+
+def _load_script():
+    return _import_script("denoise_grid")
 
 
 def test_estimate_and_sample_from_almost_no_noise_give_the_data(weights):
@@ -123,12 +129,7 @@ def test_gpu_script_stops_when_the_device_disagrees_and_refuses_a_used_runs_fold
 
 
 def _device_check():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import device_check
-    finally:
-        sys.path.pop(0)
-    return device_check
+    return _import_script("device_check")
 
 
 def test_device_check_agree_known_answers():
