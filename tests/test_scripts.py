@@ -159,3 +159,21 @@ def test_device_check_refuses_start_files_at_different_steps(weights, tmp_path):
     train(cfg, later, progress=False)
     failures = _device_check().check([str(weights), str(checkpoints(later)[-1])], "cpu", bf16=False, workers=0, tol=1e-2)
     assert len(failures) == 1 and "different steps" in failures[0]
+
+
+def test_overfit_probe_fits_its_fixed_videos_and_rejects_a_missing_checkpoint(weights, tmp_path, capsys):
+    """Fine-tuning on the probe's fixed videos lowers the x0 error of exactly those videos at every t;
+    the figure is written; a missing checkpoint is one line, exit 2, nothing written."""
+    probe = _import_script("overfit_probe")
+    out = tmp_path / "of.png"
+    assert probe.main([str(weights), "--steps", "6", "--every", "6", "--videos", "2", "--lr", "1e-3",
+                       "--t", "0.5", "0.85", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    after = [float(c.split(": ")[1]) for c in lines[0].split("videos ")[1].split(";")[0].split(", ")]
+    before = [float(c.split(": ")[1]) for c in lines[1].split("before: ")[1].split(", ")]
+    assert len(after) == len(before) == 2 and all(a < b for a, b in zip(after, before)), (before, after)
+    from PIL import Image
+    assert Image.open(out).size[0] > 300
+    assert probe.main([str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "overfit_probe: error" in err and not (tmp_path / "x.png").exists()
