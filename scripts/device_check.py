@@ -27,13 +27,11 @@ from contextlib import nullcontext
 
 import torch
 
-from vin.checkpoint import checkpoint_config, load_checkpoint
-from vin.config import Config
+from vin.checkpoint import checkpoint_config, load_model, read_metadata
 from vin.data.prefetch import prefetch
 from vin.data.synthetic import SyntheticVideoStream, make_batch
-from vin.models.vin import VINModel
 from vin.training.objective import training_loss
-from vin.training.trainer import build_model, step_generator, training_lengths
+from vin.training.trainer import step_generator, training_lengths
 
 CAPTIONS = ["a red circle on a blue striped background", ""]
 
@@ -45,17 +43,9 @@ def agree(reference: torch.Tensor, other: torch.Tensor, tol: float) -> tuple[flo
     return err, scale, err <= tol * scale
 
 
-def load(path: str, device: str) -> tuple[Config, VINModel, int]:
-    cfg = checkpoint_config(path)
-    model = build_model(cfg, device)
-    step = load_checkpoint(path, model, weights="ema")
-    return cfg, model, step
-
-
 def predict(path: str, device: str) -> torch.Tensor:
     """The velocity of two overlapping chunks of a fixed random video (float32, eval), on the CPU."""
-    cfg, model, _ = load(path, device)
-    model.eval()
+    model, cfg = load_model(path, device)
     F = cfg.model.chunk_frames
     x = torch.randn(2, cfg.model.channels, 2 * F - 2, cfg.data.height, cfg.data.width,
                     generator=torch.Generator().manual_seed(0)).to(device)
@@ -70,7 +60,7 @@ def predict(path: str, device: str) -> torch.Tensor:
 def train_step(path: str, device: str, bf16: bool) -> tuple[float, bool]:
     """One training step of the checkpoint's config on batch 0 (batch size 2): (loss, all finite)."""
     warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")  # as vin train
-    cfg, model, _ = load(path, device)
+    model, cfg = load_model(path, device)
     model.train()
     video, captions, _ = make_batch(cfg.train.seed, 0, 2, training_lengths(cfg)[0], cfg.data)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -87,7 +77,7 @@ def train_step(path: str, device: str, bf16: bool) -> tuple[float, bool]:
 def check(paths: list[str], device: str, bf16: bool, workers: int, tol: float) -> list[str]:
     """Run every check, print a line for each; returns the failures (empty: all passed)."""
     failures = []
-    steps = {path: int(load(path, "cpu")[2]) for path in paths}
+    steps = {path: int(read_metadata(path).get("step", 0)) for path in paths}
     print(f"steps: {steps}")
     if len(set(steps.values())) > 1:
         failures.append(f"the checkpoints are at different steps: {steps}")

@@ -20,11 +20,11 @@ import time
 
 import torch
 
-from vin.checkpoint import checkpoint_config, load_checkpoint
+from vin.checkpoint import CheckpointError, load_model, read_metadata
 from vin.data.synthetic import make_batch
 from vin.diffusion.flow import interpolate
 from vin.training.objective import training_loss
-from vin.training.trainer import build_model, step_generator, training_lengths
+from vin.training.trainer import step_generator, training_lengths
 
 
 def estimates(model, video, captions, noise, ts: list[float]) -> list[torch.Tensor]:
@@ -58,12 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        cfg = checkpoint_config(args.checkpoint)
-    except Exception as e:  # a missing or unreadable file: one line
+        model, cfg = load_model(args.checkpoint)
+    except CheckpointError as e:  # a missing or unreadable file: one line
         print(f"overfit_probe: error: {e}", file=sys.stderr)
         return 2
-    model = build_model(cfg)
-    step0 = load_checkpoint(args.checkpoint, model, weights="ema")
+    model.train()
+    step0 = int(read_metadata(args.checkpoint).get("step", 0))
     n = training_lengths(cfg)[0]  # two chunks
     video, captions, _ = make_batch(999, 0, args.videos, n, cfg.data)
     noise = torch.randn(video.shape, generator=torch.Generator().manual_seed(1))

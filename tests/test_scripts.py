@@ -177,3 +177,19 @@ def test_overfit_probe_fits_its_fixed_videos_and_rejects_a_missing_checkpoint(we
     assert probe.main([str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "overfit_probe: error" in err and not (tmp_path / "x.png").exists()
+
+
+def test_the_gpu_scripts_need_no_video_io(weights, tmp_path):
+    """The device's Python has no PyAV (nor OpenCV, PySceneDetect): the device check, `vin train` and
+    `vin export` must run without them."""
+    import os
+
+    blocked = "import sys\nfor m in ('av', 'scenedetect', 'cv2'):\n    sys.modules[m] = None\n"
+    (tmp_path / "sitecustomize.py").write_text(blocked)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO / "src"), str(REPO / "scripts")]))
+    code = "import device_check, vin.training.trainer\nfrom vin.cli import main\nsys.exit(main(sys.argv[1:]))"
+    r = subprocess.run([sys.executable, "-c", "import sys\n" + code, "export", str(weights), "--out", str(tmp_path / "e.safetensors")],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-c", "import av"], env=env, capture_output=True, text=True)
+    assert r.returncode != 0  # the block works

@@ -18,6 +18,7 @@ from torch import nn
 from vin.config import Config, ConfigError, config_from_json
 from vin.fileio import atomic_path
 from vin.models.dit import upgrade_state_dict
+from vin.models.vin import VINModel
 
 FORMAT = "vin-checkpoint-v1"
 
@@ -96,6 +97,16 @@ def load_checkpoint(path: str | Path, model: nn.Module, ema: nn.Module | None = 
                 state.setdefault(int(idx), {})[name] = value
         optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["optim_groups"])})
     return int(meta.get("step", 0))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[VINModel, Config]:
+    """Model (EMA weights when the file has them) in eval mode, and the config it was trained with.
+    (Here rather than in vin.generate, so that it needs no video I/O: scripts/device_check.py runs
+    where PyAV is not installed.)"""
+    cfg = checkpoint_config(path)
+    model = VINModel(cfg.model)
+    load_checkpoint(path, model, weights="ema")
+    return model.to(device).eval(), cfg
 
 
 def _load_into(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path,

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from vin.checkpoint import CheckpointError, checkpoint_config, load_checkpoint
+from vin.checkpoint import CheckpointError, checkpoint_config, load_model  # load_model: also vin.generate's API
 from vin.config import Config, SampleConfig
 from vin.data.video_io import VIDEO_SUFFIXES, frame_strip, to_uint8, write_video
 from vin.distributed.group import CommStats, DistContext, collective
@@ -25,14 +25,6 @@ from vin.sampling.strategies import get_strategy, progress_steps, strategy_layou
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 DEFAULT_CHECKPOINT = PACKAGE_WEIGHTS / "vin-s.safetensors"
 DEFAULT_PROMPT = "a large red circle and a small white square on a blue striped background"
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[VINModel, Config]:
-    """Model (EMA weights when the file has them) in eval mode, and the config it was trained with."""
-    cfg = checkpoint_config(path)
-    model = VINModel(cfg.model)
-    load_checkpoint(path, model, weights="ema")
-    return model.to(device).eval(), cfg
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
