@@ -129,6 +129,17 @@ def test_empty_yaml_is_defaults(tmp_path):
 # ----------------------------------------------------------------------------- unknown / types
 
 
+@pytest.mark.parametrize("value, parsed", [("true", True), ("false", False), ("auto", "auto")])
+def test_autocast_bf16_takes_true_false_or_auto(value, parsed):
+    assert load_config(None, [f"train.autocast_bf16={value}"]).train.autocast_bf16 == parsed
+
+
+@pytest.mark.parametrize("value", ["1", "0", "yes please", "bf16"])
+def test_autocast_bf16_refuses_anything_else(value):
+    with pytest.raises(ConfigError, match="train.autocast_bf16 must be true, false or auto"):
+        load_config(None, [f"train.autocast_bf16={value}"])
+
+
 def test_unknown_top_level_key_raises(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key trian\b"):
         load_config(_write(tmp_path / "c.yaml", "trian:\n  steps: 3\n"))

@@ -158,6 +158,36 @@ def test_bf16_warning_on_cpus_without_bf16_units(tmp_path, monkeypatch, capsys, 
     assert warned is not fast
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_auto_bf16_is_the_explicit_setting_this_cpu_should_use(tmp_path, monkeypatch, capsys, fast):
+    """train.autocast_bf16=auto trains exactly as `true` on a CPU with fast bf16 kernels and as
+    `false` on one without (same losses, bit for bit), and says which it chose; no slow-bf16 warning."""
+    monkeypatch.setattr(trainer, "cpu_has_fast_bf16", lambda: fast)
+
+    def losses(setting: str, out: str) -> list[float]:
+        train(load_config(XS_YAML, TINY + ["train.steps=2", "train.log_every=1", f"train.autocast_bf16={setting}"]),
+              tmp_path / out, progress=False)
+        return [json.loads(line)["loss"] for line in (tmp_path / out / "log.jsonl").read_text().splitlines()]
+
+    auto = losses("auto", "auto")
+    err = capsys.readouterr().err
+    assert ("bf16 autocast on this cpu" if fast else "float32 on this cpu") in err
+    assert "set train.autocast_bf16=false" not in err
+    assert auto == losses(str(fast).lower(), "explicit")
+    assert auto != losses(str(not fast).lower(), "other")  # the two settings do differ on this model
+
+
+def test_use_bf16_resolves_auto_per_device(monkeypatch):
+    monkeypatch.setattr(trainer, "cpu_has_fast_bf16", lambda: False)
+    assert [trainer.use_bf16(s, "cpu") for s in (True, False, "auto")] == [True, False, False]
+    assert trainer.use_bf16("auto", "mps") is False
+    monkeypatch.setattr(trainer, "cpu_has_fast_bf16", lambda: True)
+    assert trainer.use_bf16("auto", "cpu") is True
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert trainer.use_bf16("auto", "cuda") is False
+    assert trainer.use_bf16(True, "cuda") is True
+
+
 def test_refiner_trains_under_cpu_bf16_autocast(tmp_path):
     """Two steps with a refiner under CPU bf16 autocast: finite losses, the refiner's output layer moves."""
     cfg = load_config(XS_YAML, TINY + ["train.steps=2", "train.autocast_bf16=true", "model.dit.refine_width=8"])

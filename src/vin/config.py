@@ -178,7 +178,10 @@ class TrainConfig:
     log_every: int = 25
     ckpt_every: int = 500
     keep_checkpoints: int = 3
-    autocast_bf16: bool = False
+    # bf16 autocast: true | false | "auto" (on where it is fast: a CUDA device with bf16, a CPU with
+    # oneDNN bf16 kernels, i.e. AVX-512 and up; off elsewhere, e.g. on AVX2-only CPUs, where it is
+    # ~56x slower than float32 — docs/RESULTS.md). `vin train` says at the start what "auto" chose.
+    autocast_bf16: bool | str = False
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     # Processes that render the training batches ahead of the loop (vin.data.prefetch): the same
     # batches in the same order, so the run does not depend on it. Use 4-8 on a GPU, where rendering
@@ -204,6 +207,8 @@ class TrainConfig:
         _check(self.data_workers >= 0, f"train.data_workers must be >= 0 (0: render in the training loop), got {self.data_workers}")
         _check(self.lr_decay in ("constant", "linear", "cosine"), f"train.lr_decay must be constant, linear or cosine, got {self.lr_decay!r}")
         _check(self.decay_steps >= 0 and 0.0 <= self.lr_min_ratio <= 1.0, "train.decay_steps must be >= 0 and train.lr_min_ratio in [0, 1]")
+        _check(isinstance(self.autocast_bf16, bool) or self.autocast_bf16 == "auto",
+               f"train.autocast_bf16 must be true, false or auto, got {self.autocast_bf16!r}")
         _check(self.gate_lr_mult > 0, f"train.gate_lr_mult must be > 0, got {self.gate_lr_mult}")
 
 

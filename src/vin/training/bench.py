@@ -34,7 +34,7 @@ def _run_mode(cfg: Config, mode: str, steps: int, device: str, threads: int) -> 
     from vin.data.synthetic import SyntheticVideoStream, make_batch
     from vin.training.objective import training_loss
     from vin.training.trainer import (build_model, clamp_gates, compile_blocks, param_groups, step_generator,
-                                      training_lengths)
+                                      training_lengths, use_bf16)
 
     warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
     torch.set_num_threads(threads)
@@ -44,7 +44,7 @@ def _run_mode(cfg: Config, mode: str, steps: int, device: str, threads: int) -> 
     if mode == "compile":
         compile_blocks(model, device)
     opt = torch.optim.AdamW(param_groups(model, tc), lr=tc.lr, betas=(0.9, 0.99))
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if tc.autocast_bf16 else nullcontext()
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if use_bf16(tc.autocast_bf16, device) else nullcontext()
     cuda = torch.device(device).type == "cuda"
 
     def step(video, captions, seed_step: int, seed: int = tc.seed) -> float:
@@ -93,6 +93,8 @@ def bench_training(cfg: Config, modes: list[str], steps: int, device: str = "cpu
         raise ValueError(f"unknown training bench mode(s) {unknown}; choose from {', '.join(MODES)}")
     if steps < 1:
         raise ValueError(f"--steps must be >= 1 for the training bench, got {steps}")
+    from vin.training.trainer import use_bf16
+
     cfg = replace(cfg, train=replace(cfg.train, compile=False))  # the mode decides
     rows = []
     for mode in modes:
@@ -103,7 +105,7 @@ def bench_training(cfg: Config, modes: list[str], steps: int, device: str = "cpu
     for r in rows:
         r["speedup"] = base["s_per_step"] / r["s_per_step"]
         r["max_loss_rel_diff"] = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(r["losses"], base["losses"]))
-    return {"config": cfg.name, "batch_size": cfg.train.batch_size, "autocast_bf16": cfg.train.autocast_bf16,
+    return {"config": cfg.name, "batch_size": cfg.train.batch_size, "autocast_bf16": use_bf16(cfg.train.autocast_bf16, device),
             "chunks": list(cfg.train.chunks), "steps": steps, "threads": threads, "device": str(device),
             "torch": torch.__version__, "rows": rows}
 

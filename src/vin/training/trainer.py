@@ -173,10 +173,14 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
                                           process_group=ctx.group)
     # CPU autocast runs layer norms in bf16 against fp32 weights; torch warns it cannot fuse them.
     warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if tc.autocast_bf16 else nullcontext()
-    if main and tc.autocast_bf16 and torch.device(device).type == "cpu" and not cpu_has_fast_bf16():
+    bf16 = use_bf16(tc.autocast_bf16, device)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    if main and tc.autocast_bf16 == "auto":
+        print(f"vin: note: train.autocast_bf16=auto: {'bf16 autocast' if bf16 else 'float32'} on this {torch.device(device).type}",
+              file=sys.stderr)
+    elif main and bf16 and torch.device(device).type == "cpu" and not cpu_has_fast_bf16():
         print("vin train: warning: this CPU has no oneDNN bf16 kernels (they need AVX-512), so bf16 autocast is "
-              "many times slower than float32 here; set train.autocast_bf16=false", file=sys.stderr)
+              "many times slower than float32 here; set train.autocast_bf16=false or auto", file=sys.stderr)
     bar = tqdm(total=tc.steps, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
     log_path, window, stats = run_dir / "log.jsonl", [], {}
     t0, samples = time.perf_counter(), 0
@@ -350,6 +354,18 @@ def _init_from(cfg: Config, model: nn.Module, ema: nn.Module | None) -> int:
     if ema is not None:
         ema.load_state_dict(model.state_dict())
     return step
+
+
+def use_bf16(setting: bool | str, device: str | torch.device) -> bool:
+    """Whether to train under bf16 autocast for `train.autocast_bf16` (true | false | "auto") on
+    `device`. "auto": on a CUDA device that supports bf16 and on a CPU with oneDNN bf16 kernels
+    (`cpu_has_fast_bf16`); off elsewhere (an AVX2-only CPU, MPS)."""
+    if setting != "auto":
+        return bool(setting)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return dev.type == "cpu" and cpu_has_fast_bf16()
 
 
 def cpu_has_fast_bf16() -> bool:
