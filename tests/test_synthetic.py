@@ -270,6 +270,26 @@ def test_prefetched_stream_is_the_stream(workers, start, rows):
         assert i == j and c == d and torch.equal(v, w), i
 
 
+def _label(batch):
+    index, video, captions = batch
+    return index, video.sum(), f"batch {index}"
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_mapped_stream_applies_its_function_to_every_batch_in_order(workers):
+    """`Mapped(stream, fn)`: fn of each batch, in the stream's order, also when workers apply it."""
+    from vin.data.prefetch import Mapped, prefetch
+
+    stream = SyntheticVideoStream(DataConfig(height=16, width=16), seed=2, batch_size=2, frames_choices=(4, 6), start_index=3)
+    expected = [_label(b) for b in itertools.islice(iter(stream), 5)]
+    mapped = Mapped(stream, _label)
+    assert mapped.start_index == 3
+    got = list(itertools.islice(prefetch(mapped, workers), 5))
+    assert [g[0] for g in got] == [3, 4, 5, 6, 7] and [g[2] for g in got] == [e[2] for e in expected]
+    assert all(torch.equal(g[1], e[1]) for g, e in zip(got, expected))
+
+
 def test_stream_batches_with_a_stride_are_its_every_nth_batch():
     stream = SyntheticVideoStream(CFG, seed=3, batch_size=2, frames_choices=(4, 6, 8))
     every = list(itertools.islice(stream, 7))

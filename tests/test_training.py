@@ -19,9 +19,9 @@ from vin.checkpoint import CheckpointError
 from vin.config import load_config
 from vin.data.synthetic import make_batch
 from vin.models.vin import VINModel
-from vin.training.objective import context_weights, training_loss
-from vin.training.trainer import (build_model, checkpoints, clamp_gates, learning_rate, param_groups, train,
-                                  training_lengths)
+from vin.training.objective import StepDraws, context_weights, draw_step, training_loss
+from vin.training.trainer import (build_model, checkpoints, clamp_gates, learning_rate, param_groups, step_generator,
+                                  train, training_lengths)
 
 REPO = Path(__file__).resolve().parents[1]
 XS_YAML = REPO / "configs" / "vin-xs.yaml"
@@ -378,6 +378,41 @@ def test_data_workers_do_not_change_the_run(tmp_path):
     a, b, m = (load_file(str(checkpoints(d)[-1])) for d in (plain, workers, mixed))
     for k in a:
         assert torch.equal(a[k], b[k]) and torch.equal(a[k], m[k]), k
+
+
+def test_randomness_drawn_ahead_gives_the_loss_of_the_generator():
+    """The trainer draws a step's caption dropout, t and noise in its data workers (`draw_step`);
+    the loss from those draws is the loss drawn from the generator itself, bit for bit, also for a
+    data-parallel process's rows (drawn for the whole batch, then sliced)."""
+    cfg = tiny_cfg("train.caption_dropout=0.5")
+    model = _perturb(build_model(cfg))
+    video, captions, _ = make_batch(0, 0, 6, 6, cfg.data)
+    with torch.no_grad():
+        for rows in [(0, 6, 6), (2, 5, 6)]:
+            lo, hi, _ = rows
+            own, _ = training_loss(model, video[lo:hi], captions[lo:hi], cfg.train, step_generator(0, 7), rows)
+            draws = draw_step(step_generator(0, 7), cfg.train, tuple(video.shape[1:]), rows)
+            ahead, _ = training_loss(model, video[lo:hi], captions[lo:hi], cfg.train, draws, rows)
+            assert torch.equal(own, ahead), rows
+        whole = draw_step(step_generator(0, 7), cfg.train, tuple(video.shape[1:]), (0, 6, 6))
+        part = draw_step(step_generator(0, 7), cfg.train, tuple(video.shape[1:]), (2, 5, 6))
+        assert torch.equal(whole.noise[2:5], part.noise) and torch.equal(whole.t[2:5], part.t)
+        assert whole.drop.any() and not whole.drop.all()  # dropout 0.5 on 6 captions: both cases occur
+        wrong = StepDraws(whole.drop, whole.t, whole.noise[:, :, :4])
+        with pytest.raises(ValueError, match="does not match the videos"):
+            training_loss(model, video, captions, cfg.train, wrong)
+
+
+def test_the_first_logged_loss_is_the_objective_at_the_step_seed(tmp_path):
+    """Known answer for the trainer's data path (batches and noise drawn off the loop): the loss it
+    logs for step 1 is `training_loss` of the initial model on batch 0 with `step_generator(seed, 0)`."""
+    cfg = tiny_cfg("train.steps=1", "train.log_every=1", "train.chunks=[2]", "train.seed=5")
+    model = build_model(cfg)
+    F, K = cfg.model.chunk_frames, cfg.train.context_frames
+    video, captions, _ = make_batch(5, 0, cfg.train.batch_size, 2 * (F - K) + K, cfg.data)
+    expected, _ = training_loss(model, video, captions, cfg.train, step_generator(5, 0))
+    train(cfg, tmp_path, progress=False)
+    assert read_log(tmp_path)[1]["loss"] == expected.item()
 
 
 def test_compile_blocks_compiles_every_repeated_block():

@@ -11,6 +11,10 @@ training step of VIN-S (not yet measured), so rendering in the loop would leave 
 small CPU leave it at 0: a training step there takes a hundred times longer than rendering its
 batch, and the workers would take cores from the step.
 
+`Mapped(stream, fn)` is the stream with `fn` applied to every batch, in the workers when it is
+prefetched: the trainer draws each step's noise there too (0.1 s for 64 videos of 26 frames on one
+core), so nothing but the step itself is left to the training loop.
+
 The workers run in a process group of their own, so that a signal sent to the trainer's group
 (Ctrl-C, a scheduler's SIGTERM) reaches only the trainer, which stops after the step in progress
 (vin.training.stopping); they end with the trainer, also when it dies of an exception.
@@ -20,23 +24,47 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vin.data.synthetic import SyntheticVideoStream
 
-Batch = tuple[int, torch.Tensor, list[str]]
+class Stream(Protocol):
+    """What `prefetch` shards: batches by index (`vin.data.synthetic.SyntheticVideoStream`, `Mapped`)."""
+
+    start_index: int
+
+    def batches(self, first: int, stride: int) -> Iterator[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Mapped:
+    """`stream` with `fn` applied to each batch. `fn` must be picklable (a module-level class or
+    function) where workers cannot fork."""
+
+    def __init__(self, stream: Stream, fn: Callable[[Any], Any]):
+        self.stream, self.fn = stream, fn
+
+    @property
+    def start_index(self) -> int:
+        return self.stream.start_index
+
+    def batches(self, first: int, stride: int) -> Iterator[Any]:
+        return map(self.fn, self.stream.batches(first, stride))
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.batches(self.start_index, 1)
 
 
 class _Shards(IterableDataset):
     """In worker w of n: the stream's batches start + w, start + w + n, ..."""
 
-    def __init__(self, stream: SyntheticVideoStream):
+    def __init__(self, stream: Stream):
         self.stream = stream
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         w, n = (info.id, info.num_workers) if info is not None else (0, 1)
         return self.stream.batches(self.stream.start_index + w, n)
@@ -53,7 +81,7 @@ def _leave_process_group(_: int) -> None:
         os.setpgid(0, 0)
 
 
-def prefetch(stream: SyntheticVideoStream, workers: int, pin_memory: bool = False) -> Iterator[Batch]:
+def prefetch(stream: Stream, workers: int, pin_memory: bool = False) -> Iterator[Any]:
     """The batches of `stream` in order, rendered by `workers` processes (0: in this process)."""
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")

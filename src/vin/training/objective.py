@@ -5,6 +5,8 @@ a constant per length and gives every chunk the same weight across mixed lengths
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -22,14 +24,37 @@ def context_weights(num_chunks: int, chunk_frames: int, context: int, weight: fl
     return w
 
 
+class StepDraws(NamedTuple):
+    """The randomness of one training step, for the rows of the batch this process trains on."""
+
+    drop: Tensor  # (B,) bool: caption replaced by the empty one (classifier-free guidance dropout)
+    t: Tensor  # (B,) timesteps
+    noise: Tensor  # (B, C, N, H, W)
+
+
+def draw_step(generator: torch.Generator, cfg: TrainConfig, video_shape: tuple[int, ...],
+              rows: tuple[int, int, int]) -> StepDraws:
+    """Caption dropout, t and noise of a step, in this order from `generator`, for a global batch of
+    `rows[2]` videos of shape `video_shape` (C, N, H, W), sliced to rows lo..hi-1 (`rows=(lo, hi, batch)`).
+    `training_loss` draws them so when given the generator; the trainer draws them ahead, in its data
+    workers (`train.data_workers`), with the same generator: the same numbers, off the training loop."""
+    lo, hi, total = rows
+    drop = (torch.rand(total, generator=generator) < cfg.caption_dropout)[lo:hi]
+    t = sample_timesteps(total, cfg.timesteps, generator, cfg.logit_mean, cfg.logit_std)[lo:hi]
+    noise = torch.randn((total, *video_shape), generator=generator)[lo:hi]
+    return StepDraws(drop, t, noise)
+
+
 def training_loss(model: VINModel, video: Tensor, captions: list[str], cfg: TrainConfig,
-                  generator: torch.Generator, rows: tuple[int, int, int] | None = None) -> tuple[Tensor, dict[str, float]]:
+                  randomness: torch.Generator | StepDraws,
+                  rows: tuple[int, int, int] | None = None) -> tuple[Tensor, dict[str, float]]:
     """video: (B, C, N, H, W) clean, N = n * (F - K) + K for F = model.cfg.chunk_frames, K = cfg.context_frames.
 
     Returns the scalar loss and a few statistics. Randomness (caption dropout, t, noise) comes from
-    `generator` only, so a step is reproducible from its seed. `rows=(lo, hi, batch)`: `video` is
-    rows lo..hi-1 of a global batch of `batch` videos (data-parallel training); the randomness is
-    drawn for the whole batch and sliced, so every process sees what one process would.
+    `randomness` only, so a step is reproducible from its seed: a generator (drawn here by
+    `draw_step`) or what `draw_step` drew from it beforehand (the same loss). `rows=(lo, hi, batch)`:
+    `video` is rows lo..hi-1 of a global batch of `batch` videos (data-parallel training); the
+    randomness is drawn for the whole batch and sliced, so every process sees what one process would.
     """
     B, _, N = video.shape[:3]
     lo, hi, total = rows if rows is not None else (0, B, B)
@@ -39,10 +64,11 @@ def training_loss(model: VINModel, video: Tensor, captions: list[str], cfg: Trai
     layout = chunk_layout(N, F, K)
     if any(e - s != F for s, e in layout) or (N - K) % (F - K):
         raise ValueError(f"training video of {N} frames is not n*(F-K)+K for F={F}, K={K}")
-    drop = (torch.rand(total, generator=generator) < cfg.caption_dropout)[lo:hi]
-    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-    t = sample_timesteps(total, cfg.timesteps, generator, cfg.logit_mean, cfg.logit_std)[lo:hi].to(video.device)
-    noise = torch.randn((total, *video.shape[1:]), generator=generator)[lo:hi].to(video.device)
+    draws = randomness if isinstance(randomness, StepDraws) else draw_step(randomness, cfg, tuple(video.shape[1:]), (lo, hi, total))
+    if draws.noise.shape != video.shape:
+        raise ValueError(f"drawn noise of shape {tuple(draws.noise.shape)} does not match the videos {tuple(video.shape)}")
+    captions = ["" if d else c for c, d in zip(captions, draws.drop.tolist())]
+    t, noise = draws.t.to(video.device), draws.noise.to(video.device)
     x_t = interpolate(video, noise, t)
     target = split_chunks(velocity_target(video, noise), layout)
 

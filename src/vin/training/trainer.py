@@ -27,12 +27,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from vin.config import Config, ModelConfig, TrainConfig
-from vin.data.prefetch import prefetch
+from vin.data.prefetch import Mapped, prefetch
 from vin.data.synthetic import SyntheticVideoStream
 from vin.fileio import atomic_write_text
 from vin.models.vin import VINModel, parameter_count
 from vin.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, read_metadata, save_checkpoint
-from vin.training.objective import training_loss
+from vin.training.objective import StepDraws, draw_step, training_loss
 from vin.training.stopping import StopRequest
 
 if TYPE_CHECKING:  # the context type only; training does not depend on vin.distributed
@@ -108,9 +108,22 @@ class _Loss(nn.Module):
         super().__init__()
         self.model, self.cfg = model, cfg
 
-    def forward(self, video: Tensor, captions: list[str], generator: torch.Generator,
+    def forward(self, video: Tensor, captions: list[str], draws: StepDraws,
                 rows: tuple[int, int, int] | None) -> Tensor:
-        return training_loss(self.model, video, captions, self.cfg, generator, rows)[0]
+        return training_loss(self.model, video, captions, self.cfg, draws, rows)[0]
+
+
+class _WithDraws:
+    """A batch (index, video, captions) -> (index, video, captions, the draws of step `index`):
+    run where the batch is rendered (`vin.data.prefetch`), so a data worker draws the step's noise
+    too. Exactly what `training_loss` would draw from `step_generator(seed, index)`."""
+
+    def __init__(self, tc: TrainConfig, rows: tuple[int, int, int]):
+        self.tc, self.rows = tc, rows
+
+    def __call__(self, batch: tuple[int, Tensor, list[str]]) -> tuple[int, Tensor, list[str], StepDraws]:
+        index, video, captions = batch
+        return index, video, captions, draw_step(step_generator(self.tc.seed, index), self.tc, tuple(video.shape[1:]), self.rows)
 
 
 def batch_rows(batch_size: int, rank: int, world: int) -> tuple[int, int]:
@@ -163,8 +176,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
             _truncate_log(run_dir / "log.jsonl", step)
 
     rows = (lo, hi) if parallel else None
-    stream = prefetch(SyntheticVideoStream(cfg.data, tc.seed, tc.batch_size, training_lengths(cfg), start_index=step, rows=rows),
-                      tc.data_workers, pin_memory=torch.device(device).type == "cuda")
+    videos = SyntheticVideoStream(cfg.data, tc.seed, tc.batch_size, training_lengths(cfg), start_index=step, rows=rows)
+    stream = prefetch(Mapped(videos, _WithDraws(tc, (lo, hi, tc.batch_size))), tc.data_workers,
+                      pin_memory=torch.device(device).type == "cuda")
     loss_fn: nn.Module = _Loss(model, tc)
     if parallel:
         from torch.nn.parallel import DistributedDataParallel
@@ -187,13 +201,15 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     model.train()
     with StopRequest() as stop:
         while step < tc.steps:
-            _, video, captions = next(stream)
+            index, video, captions, draws = next(stream)
+            assert index == step, f"data stream at batch {index}, training at step {step}"
             video = video.to(device, non_blocking=True)
+            draws = draws._replace(t=draws.t.to(device, non_blocking=True), noise=draws.noise.to(device, non_blocking=True))
             lr = learning_rate(tc, step, warm_start)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_mult"]
             with autocast:
-                loss = loss_fn(video, captions, step_generator(tc.seed, step), (lo, hi, tc.batch_size) if parallel else None)
+                loss = loss_fn(video, captions, draws, (lo, hi, tc.batch_size) if parallel else None)
             share = (hi - lo) / tc.batch_size
             # every rank learns whether any was asked to stop, with the loss: all stop after the same step
             value, stopping = _global_loss(loss, share, ctx, stop.signum) if parallel else (loss.item(), bool(stop.signum))
