@@ -183,9 +183,9 @@ class TrainConfig:
     # ~56x slower than float32 — docs/RESULTS.md). `vin train` says at the start what "auto" chose.
     autocast_bf16: bool | str = False
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
-    # Processes that render the training batches ahead of the loop (vin.data.prefetch): the same
-    # batches in the same order, so the run does not depend on it. Use 4-8 on a GPU, where rendering
-    # in the loop would starve it; 0 (in the loop) on a small CPU.
+    # Processes that render the training batches, and draw each step's noise, ahead of the loop
+    # (vin.data.prefetch): the same batches and noise in the same order, so the run does not depend
+    # on it. Use 4-8 on a GPU, where doing it in the loop would starve it; 0 (in the loop) on a small CPU.
     data_workers: int = 0
     # torch.compile every transformer block (regional compilation: one compiled block serves all,
     # parameter names and checkpoints unchanged). Costs about a minute and a half of compiling
