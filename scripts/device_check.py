@@ -8,8 +8,7 @@ For each checkpoint (exported weights or a training checkpoint):
 - training step: the objective on one batch (the checkpoint's own config, its randomness drawn on
   the CPU as in training) must agree in float32, and under bf16 autocast (`--bf16`) one step
   forward, backward and AdamW on the device must give a finite loss and finite gradients;
-then, once: batches rendered by data workers into pinned memory (`--workers`) are the loop's
-batches. All checkpoints must be at the same step (the budgets of the runs that start from them
+then, once: batches and noise from data workers in pinned memory (`--workers`) are the loop's. All checkpoints must be at the same step (the budgets of the runs that start from them
 are compared). Prints one line per check; exits 0 when all pass, 1 otherwise (each failure named).
 Used by scripts/gpu_train.sh (which runs it from src/ without installing vin).
 """
@@ -24,14 +23,14 @@ import shutil
 import sys
 import warnings
 from contextlib import nullcontext
+from dataclasses import replace
 
 import torch
 
 from vin.checkpoint import checkpoint_config, load_model, read_metadata
-from vin.data.prefetch import prefetch
-from vin.data.synthetic import SyntheticVideoStream, make_batch
+from vin.data.synthetic import make_batch
 from vin.training.objective import training_loss
-from vin.training.trainer import step_generator, training_lengths
+from vin.training.trainer import step_generator, training_batches, training_lengths
 
 CAPTIONS = ["a red circle on a blue striped background", ""]
 
@@ -99,14 +98,19 @@ def check(paths: list[str], device: str, bf16: bool, workers: int, tol: float) -
                 failures.append(f"{path}: the bf16 training step on {device} is not finite")
     if workers:
         cfg = checkpoint_config(paths[0])
-        stream = SyntheticVideoStream(cfg.data, cfg.train.seed, 4, training_lengths(cfg))
+        cfg = replace(cfg, train=replace(cfg.train, batch_size=4))
         pin = torch.device(device).type == "cuda"
-        same = all(i == j and c == d and torch.equal(v, w.to(device, non_blocking=True).cpu())
-                   for (i, v, c), (j, w, d) in zip(itertools.islice(iter(stream), 4),
-                                                   itertools.islice(prefetch(stream, workers, pin_memory=pin), 4)))
-        print(f"data workers ({workers}, pinned memory {pin}): {'the same batches' if same else 'FAILED'}")
+
+        def on_device(x: torch.Tensor) -> torch.Tensor:  # as the trainer copies them, and back
+            return x.to(device, non_blocking=True).cpu()
+
+        same = all(i == j and c == d and torch.equal(v, on_device(w)) and a.drop == tuple(b.drop)
+                   and torch.equal(a.t, on_device(b.t)) and torch.equal(a.noise, on_device(b.noise))
+                   for (i, v, c, a), (j, w, d, b) in zip(itertools.islice(training_batches(cfg, 0), 4),
+                                                         itertools.islice(training_batches(cfg, 0, workers, pin), 4)))
+        print(f"data workers ({workers}, pinned memory {pin}): {'the same batches and noise' if same else 'FAILED'}")
         if not same:
-            failures.append("batches from the data workers differ from the loop's")
+            failures.append("batches or noise from the data workers differ from the loop's")
     return failures
 
 

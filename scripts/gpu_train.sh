@@ -19,8 +19,8 @@
 # vin.out / noglobal.out (the runs' output) when a run failed. A failed run still gets its
 # partner's and its own last common checkpoint exported, and the script exits 1.
 # Environment: OUT (required), LIMIT_S (420), BATCH (64), LR (1e-3), WORKERS (6 per run; 0 when
-# /dev/shm has under 1 GiB free), CKPT_EVERY (200), DEVICE (cuda), BF16 (true), PYTHON (python3),
-# RUNS (runs/gpu); and, for the tests, VIN_CONFIG / ABL_CONFIG, VIN_INIT / ABL_INIT, EXTRA_ARGS
+# /dev/shm has too little free for them: 1.7 GiB at the defaults), CKPT_EVERY (200), DEVICE (cuda),
+# BF16 (true), PYTHON (python3), RUNS (runs/gpu); and, for the tests, VIN_CONFIG / ABL_CONFIG, VIN_INIT / ABL_INIT, EXTRA_ARGS
 # (more --section.key=value for both runs), ABL_ARGS (for the ablation only).
 # Needs only torch, numpy, einops, safetensors, pyyaml and tqdm (vin train and vin export import
 # nothing else), so it runs from src/ without installing vin.
@@ -54,8 +54,11 @@ mkdir -p "$OUT"
 report="$OUT/report.txt"
 say() { echo "gpu_train: $*" | tee -a "$report"; }
 shm_kb=$(df -k --output=avail /dev/shm 2>/dev/null | tail -n 1 | tr -d ' ' || true)
-if [[ $WORKERS != 0 && ${shm_kb:-0} -lt 1048576 ]]; then
-    say "/dev/shm has ${shm_kb:-no} kB free: data workers off (WORKERS=0)"
+# in flight through /dev/shm: 2 runs x WORKERS x 2 (prefetch) batches of BATCH videos of up to 32 frames
+# of 32x32, video and noise in float32 (768 kB per video), and half as much again for safety
+need_kb=$(( 6 * WORKERS * BATCH * 768 ))
+if [[ $WORKERS != 0 && ${shm_kb:-0} -lt $need_kb ]]; then
+    say "/dev/shm has ${shm_kb:-no} kB free, the data workers need about $need_kb kB: data workers off (WORKERS=0)"
     WORKERS=0
 fi
 say "$(date -u +%FT%TZ) device=$DEVICE batch=$BATCH lr=$LR limit=${LIMIT_S}s workers=$WORKERS bf16=$BF16"

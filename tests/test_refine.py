@@ -183,9 +183,29 @@ def test_use_bf16_resolves_auto_per_device(monkeypatch):
     assert trainer.use_bf16("auto", "mps") is False
     monkeypatch.setattr(trainer, "cpu_has_fast_bf16", lambda: True)
     assert trainer.use_bf16("auto", "cpu") is True
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 0))  # V100: bf16 emulated
     assert trainer.use_bf16("auto", "cuda") is False
     assert trainer.use_bf16(True, "cuda") is True
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))  # A100 and later
+    assert trainer.use_bf16("auto", "cuda") is True
+
+
+def test_auto_bf16_is_recorded_as_chosen_and_a_changed_precision_is_noted_on_resume(tmp_path, monkeypatch, capsys):
+    """The run's config.json and checkpoints say what "auto" chose, so a resume on a machine that
+    chooses otherwise (or with another explicit setting) says that the precision changes."""
+    monkeypatch.setattr(trainer, "cpu_has_fast_bf16", lambda: True)
+    cfg = load_config(XS_YAML, TINY + ["train.steps=1", "train.autocast_bf16=auto"])
+    train(cfg, tmp_path, progress=False)
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["autocast_bf16"] is True
+    assert trainer.checkpoint_config(checkpoints(tmp_path)[-1]).train.autocast_bf16 is True
+    capsys.readouterr()
+    monkeypatch.setattr(trainer, "cpu_has_fast_bf16", lambda: False)  # "another machine"
+    train(replace(cfg, train=replace(cfg.train, steps=2)), tmp_path, resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert "was trained under bf16 autocast; this run goes on in float32" in err
+    train(replace(cfg, train=replace(cfg.train, steps=3, autocast_bf16=False)), tmp_path, resume=True, progress=False)
+    assert "this run goes on" not in capsys.readouterr().err  # step 2 was float32 too
 
 
 def test_refiner_trains_under_cpu_bf16_autocast(tmp_path):

@@ -397,7 +397,8 @@ def test_randomness_drawn_ahead_gives_the_loss_of_the_generator():
         whole = draw_step(step_generator(0, 7), cfg.train, tuple(video.shape[1:]), (0, 6, 6))
         part = draw_step(step_generator(0, 7), cfg.train, tuple(video.shape[1:]), (2, 5, 6))
         assert torch.equal(whole.noise[2:5], part.noise) and torch.equal(whole.t[2:5], part.t)
-        assert whole.drop.any() and not whole.drop.all()  # dropout 0.5 on 6 captions: both cases occur
+        assert whole.drop[2:5] == part.drop and any(whole.drop) and not all(whole.drop)  # dropout 0.5: both occur
+        assert part.noise.untyped_storage().nbytes() == part.noise.nbytes  # not a view of the whole batch's noise
         wrong = StepDraws(whole.drop, whole.t, whole.noise[:, :, :4])
         with pytest.raises(ValueError, match="does not match the videos"):
             training_loss(model, video, captions, cfg.train, wrong)

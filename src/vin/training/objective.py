@@ -27,7 +27,7 @@ def context_weights(num_chunks: int, chunk_frames: int, context: int, weight: fl
 class StepDraws(NamedTuple):
     """The randomness of one training step, for the rows of the batch this process trains on."""
 
-    drop: Tensor  # (B,) bool: caption replaced by the empty one (classifier-free guidance dropout)
+    drop: tuple[bool, ...]  # (B,): caption replaced by the empty one (classifier-free guidance dropout)
     t: Tensor  # (B,) timesteps
     noise: Tensor  # (B, C, N, H, W)
 
@@ -39,9 +39,11 @@ def draw_step(generator: torch.Generator, cfg: TrainConfig, video_shape: tuple[i
     `training_loss` draws them so when given the generator; the trainer draws them ahead, in its data
     workers (`train.data_workers`), with the same generator: the same numbers, off the training loop."""
     lo, hi, total = rows
-    drop = (torch.rand(total, generator=generator) < cfg.caption_dropout)[lo:hi]
-    t = sample_timesteps(total, cfg.timesteps, generator, cfg.logit_mean, cfg.logit_std)[lo:hi]
-    noise = torch.randn((total, *video_shape), generator=generator)[lo:hi]
+    drop = tuple((torch.rand(total, generator=generator) < cfg.caption_dropout)[lo:hi].tolist())
+    t = sample_timesteps(total, cfg.timesteps, generator, cfg.logit_mean, cfg.logit_std)
+    noise = torch.randn((total, *video_shape), generator=generator)
+    if (lo, hi) != (0, total):  # copies: a slice would carry the whole batch's noise to the trainer
+        t, noise = t[lo:hi].clone(), noise[lo:hi].clone()
     return StepDraws(drop, t, noise)
 
 
@@ -67,7 +69,7 @@ def training_loss(model: VINModel, video: Tensor, captions: list[str], cfg: Trai
     draws = randomness if isinstance(randomness, StepDraws) else draw_step(randomness, cfg, tuple(video.shape[1:]), (lo, hi, total))
     if draws.noise.shape != video.shape:
         raise ValueError(f"drawn noise of shape {tuple(draws.noise.shape)} does not match the videos {tuple(video.shape)}")
-    captions = ["" if d else c for c, d in zip(captions, draws.drop.tolist())]
+    captions = ["" if d else c for c, d in zip(captions, draws.drop)]
     t, noise = draws.t.to(video.device), draws.noise.to(video.device)
     x_t = interpolate(video, noise, t)
     target = split_chunks(velocity_target(video, noise), layout)

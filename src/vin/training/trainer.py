@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -113,6 +114,17 @@ class _Loss(nn.Module):
         return training_loss(self.model, video, captions, self.cfg, draws, rows)[0]
 
 
+def training_batches(cfg: Config, start: int, workers: int = 0, pin_memory: bool = False,
+                     rows: tuple[int, int] | None = None) -> Iterator[tuple[int, Tensor, list[str], StepDraws]]:
+    """What `train` trains on from step `start`: (step, videos, captions, the step's draws), rendered
+    and drawn by `workers` processes ahead of the loop (0: in it); `rows`: a data-parallel process's
+    rows (lo, hi) of every batch."""
+    tc = cfg.train
+    videos = SyntheticVideoStream(cfg.data, tc.seed, tc.batch_size, training_lengths(cfg), start_index=start, rows=rows)
+    lo, hi = rows or (0, tc.batch_size)
+    return prefetch(Mapped(videos, _WithDraws(tc, (lo, hi, tc.batch_size))), workers, pin_memory=pin_memory)
+
+
 class _WithDraws:
     """A batch (index, video, captions) -> (index, video, captions, the draws of step `index`):
     run where the batch is rendered (`vin.data.prefetch`), so a data worker draws the step's noise
@@ -160,6 +172,19 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     existing = check_run_dir(cfg, run_dir, resume)
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    # "auto" is resolved here, and the run's config.json and checkpoints record what it chose
+    bf16 = use_bf16(tc.autocast_bf16, device)
+    if main and tc.autocast_bf16 == "auto":
+        print(f"vin: note: train.autocast_bf16=auto: {'bf16 autocast' if bf16 else 'float32'} on this {torch.device(device).type}",
+              file=sys.stderr)
+    elif main and bf16 and torch.device(device).type == "cpu" and not cpu_has_fast_bf16():
+        print("vin train: warning: this CPU has no oneDNN bf16 kernels (they need AVX-512), so bf16 autocast is "
+              "many times slower than float32 here; set train.autocast_bf16=false or auto", file=sys.stderr)
+    if main and resume and checkpoint_config(existing[-1]).train.autocast_bf16 not in (bf16, "auto"):
+        print(f"vin: note: {existing[-1].name} was trained {'in float32' if bf16 else 'under bf16 autocast'}; "
+              f"this run goes on {'under bf16 autocast' if bf16 else 'in float32'}", file=sys.stderr)
+    cfg = replace(cfg, train=replace(tc, autocast_bf16=bf16))
+    tc = cfg.train
 
     model = build_model(cfg, device)
     ema = copy.deepcopy(model).requires_grad_(False) if main else None  # identical on every rank: keep one
@@ -175,10 +200,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
         if resume:
             _truncate_log(run_dir / "log.jsonl", step)
 
-    rows = (lo, hi) if parallel else None
-    videos = SyntheticVideoStream(cfg.data, tc.seed, tc.batch_size, training_lengths(cfg), start_index=step, rows=rows)
-    stream = prefetch(Mapped(videos, _WithDraws(tc, (lo, hi, tc.batch_size))), tc.data_workers,
-                      pin_memory=torch.device(device).type == "cuda")
+    stream = training_batches(cfg, step, tc.data_workers, pin_memory=torch.device(device).type == "cuda",
+                              rows=(lo, hi) if parallel else None)
     loss_fn: nn.Module = _Loss(model, tc)
     if parallel:
         from torch.nn.parallel import DistributedDataParallel
@@ -187,14 +210,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
                                           process_group=ctx.group)
     # CPU autocast runs layer norms in bf16 against fp32 weights; torch warns it cannot fuse them.
     warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-    bf16 = use_bf16(tc.autocast_bf16, device)
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    if main and tc.autocast_bf16 == "auto":
-        print(f"vin: note: train.autocast_bf16=auto: {'bf16 autocast' if bf16 else 'float32'} on this {torch.device(device).type}",
-              file=sys.stderr)
-    elif main and bf16 and torch.device(device).type == "cpu" and not cpu_has_fast_bf16():
-        print("vin train: warning: this CPU has no oneDNN bf16 kernels (they need AVX-512), so bf16 autocast is "
-              "many times slower than float32 here; set train.autocast_bf16=false or auto", file=sys.stderr)
     bar = tqdm(total=tc.steps, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
     log_path, window, stats = run_dir / "log.jsonl", [], {}
     t0, samples = time.perf_counter(), 0
@@ -202,7 +218,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     with StopRequest() as stop:
         while step < tc.steps:
             index, video, captions, draws = next(stream)
-            assert index == step, f"data stream at batch {index}, training at step {step}"
+            if index != step:
+                raise RuntimeError(f"data stream at batch {index}, training at step {step}")
             video = video.to(device, non_blocking=True)
             draws = draws._replace(t=draws.t.to(device, non_blocking=True), noise=draws.noise.to(device, non_blocking=True))
             lr = learning_rate(tc, step, warm_start)
@@ -374,13 +391,13 @@ def _init_from(cfg: Config, model: nn.Module, ema: nn.Module | None) -> int:
 
 def use_bf16(setting: bool | str, device: str | torch.device) -> bool:
     """Whether to train under bf16 autocast for `train.autocast_bf16` (true | false | "auto") on
-    `device`. "auto": on a CUDA device that supports bf16 and on a CPU with oneDNN bf16 kernels
+    `device`. "auto": on a CUDA device with native bf16 (Ampere and later, or ROCm) and on a CPU with oneDNN bf16 kernels
     (`cpu_has_fast_bf16`); off elsewhere (an AVX2-only CPU, MPS)."""
     if setting != "auto":
         return bool(setting)
     dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if dev.type == "cuda":  # native bf16 from Ampere (compute capability 8) on; emulated, slow, before
+        return bool(torch.version.hip) or torch.cuda.get_device_capability(dev)[0] >= 8
     return dev.type == "cpu" and cpu_has_fast_bf16()
 
 
