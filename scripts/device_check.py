@@ -8,8 +8,9 @@ For each checkpoint (exported weights or a training checkpoint):
 - training step: the objective on one batch (the checkpoint's own config, its randomness drawn on
   the CPU as in training) must agree in float32, and under bf16 autocast (`--bf16`) one step
   forward, backward and AdamW on the device must give a finite loss and finite gradients;
-then, once: batches and noise from data workers in pinned memory (`--workers`) are the loop's. All checkpoints must be at the same step (the budgets of the runs that start from them
-are compared). Prints one line per check; exits 0 when all pass, 1 otherwise (each failure named).
+then, once: batches and noise from data workers in pinned memory (`--workers`) are the loop's.
+All checkpoints must be at the same step (the budgets of the runs that start from them are
+compared). Prints one line per check; exits 0 when all pass, 1 otherwise (each failure named).
 Used by scripts/gpu_train.sh (which runs it from src/ without installing vin).
 """
 

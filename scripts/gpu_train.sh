@@ -20,8 +20,9 @@
 # partner's and its own last common checkpoint exported, and the script exits 1.
 # Environment: OUT (required), LIMIT_S (420), BATCH (64), LR (1e-3), WORKERS (6 per run; 0 when
 # /dev/shm has too little free for them: 1.7 GiB at the defaults), CKPT_EVERY (200), DEVICE (cuda),
-# BF16 (true), PYTHON (python3), RUNS (runs/gpu); and, for the tests, VIN_CONFIG / ABL_CONFIG, VIN_INIT / ABL_INIT, EXTRA_ARGS
-# (more --section.key=value for both runs), ABL_ARGS (for the ablation only).
+# BF16 (true), PYTHON (python3), RUNS (runs/gpu); and, for the tests, VIN_CONFIG / ABL_CONFIG,
+# VIN_INIT / ABL_INIT, EXTRA_ARGS (more --section.key=value for both runs), ABL_ARGS (for the
+# ablation only).
 # Needs only torch, numpy, einops, safetensors, pyyaml and tqdm (vin train and vin export import
 # nothing else), so it runs from src/ without installing vin.
 set -euo pipefail

@@ -178,9 +178,10 @@ class TrainConfig:
     log_every: int = 25
     ckpt_every: int = 500
     keep_checkpoints: int = 3
-    # bf16 autocast: true | false | "auto" (on where it is fast: a CUDA device with bf16, a CPU with
-    # oneDNN bf16 kernels, i.e. AVX-512 and up; off elsewhere, e.g. on AVX2-only CPUs, where it is
-    # ~56x slower than float32 — docs/RESULTS.md). `vin train` says at the start what "auto" chose.
+    # bf16 autocast: true | false | "auto" (on where it is fast: a GPU with native bf16, Ampere and
+    # later, or a CPU with oneDNN bf16 kernels, i.e. AVX-512 and up; off elsewhere, e.g. on AVX2-only
+    # CPUs, where it is ~56x slower than float32 — docs/RESULTS.md). `vin train` says at the start
+    # what "auto" chose, and the run's config.json and checkpoints record it as true or false.
     autocast_bf16: bool | str = False
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     # Processes that render the training batches, and draw each step's noise, ahead of the loop
