@@ -664,6 +664,82 @@ def test_nonfinite_loss_raises(tmp_path):
         train(cfg, tmp_path, progress=False)
 
 
+def test_nonfinite_loss_raises_before_a_checkpoint_between_records(tmp_path):
+    """The loss is read only when a record or checkpoint is due: a blow-up between records raises
+    at the next checkpoint, naming the first bad step, and nothing non-finite is written."""
+    cfg = tiny_cfg("train.steps=6", "train.lr=1.0e+30", "train.grad_clip=0", "train.log_every=100",
+                   "train.ckpt_every=3", "train.warmup_steps=1")
+    with pytest.raises(FloatingPointError, match=r"loss became (nan|inf|-inf) at step [12];"):
+        train(cfg, tmp_path, progress=False)
+    assert checkpoints(tmp_path) == [] and not (tmp_path / "log.jsonl").exists()
+
+
+HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "numpy")
+
+
+def test_training_loss_never_reads_a_tensor(monkeypatch):
+    """With its draws made beforehand, the objective reads no tensor's value on the host (on a GPU
+    each read waits for the device), not even for its statistics."""
+    cfg = tiny_cfg()
+    model = build_model(cfg)
+    video, captions = batch(cfg)
+    draws = draw_step(torch.Generator().manual_seed(0), cfg.train, tuple(video.shape[1:]), (0, 2, 2))
+    reads = []
+
+    def reader(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            reads.append(name)
+            return original(self, *args, **kwargs)
+        return read
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, reader(name))
+    loss, stats = training_loss(model, video, captions, cfg.train, draws)
+    loss.backward()
+    monkeypatch.undo()
+    assert reads == []
+    assert stats["loss"].item() == loss.item() and not stats["loss"].requires_grad
+    assert stats["t_mean"].item() == draws.t.mean().item() and stats["chunks"] == 2.0
+
+
+def test_training_reads_the_loss_only_when_it_logs(tmp_path, monkeypatch):
+    """No step's loss is read on its own in the training loop (a host sync on a GPU every step):
+    the records still hold the exact mean of the per-step losses."""
+    import vin.training.trainer as trainer
+
+    held = []  # every step's loss, kept alive so that no other tensor can take its memory
+    real = trainer.training_loss
+
+    def tagged(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        held.append(loss.detach())
+        return loss, stats
+
+    reads = []
+
+    def reader(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            if any(self.untyped_storage().data_ptr() == h.untyped_storage().data_ptr() for h in held):
+                reads.append((name, len(held)))
+            return original(self, *args, **kwargs)
+        return read
+
+    monkeypatch.setattr(trainer, "training_loss", tagged)
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, reader(name))
+    train(tiny_cfg("train.steps=6", "train.log_every=3", "train.ckpt_every=100"), tmp_path, progress=False)
+    monkeypatch.undo()
+    assert reads == [] and len(held) == 6
+    losses = [h.item() for h in held]
+    log = read_log(tmp_path)
+    assert sorted(log) == [3, 6]
+    assert log[3]["loss"] == float(np.mean(losses[:3])) and log[6]["loss"] == float(np.mean(losses[3:]))
+
+
 def test_init_from_exported_weights_continues_from_its_step(tmp_path):
     """A warm start from exported (EMA-only) weights: the new run starts at the file's step with
     exactly those weights, trains on, and refuses a file of another model config."""

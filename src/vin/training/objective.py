@@ -49,14 +49,16 @@ def draw_step(generator: torch.Generator, cfg: TrainConfig, video_shape: tuple[i
 
 def training_loss(model: VINModel, video: Tensor, captions: list[str], cfg: TrainConfig,
                   randomness: torch.Generator | StepDraws,
-                  rows: tuple[int, int, int] | None = None) -> tuple[Tensor, dict[str, float]]:
+                  rows: tuple[int, int, int] | None = None) -> tuple[Tensor, dict[str, Tensor | float]]:
     """video: (B, C, N, H, W) clean, N = n * (F - K) + K for F = model.cfg.chunk_frames, K = cfg.context_frames.
 
-    Returns the scalar loss and a few statistics. Randomness (caption dropout, t, noise) comes from
-    `randomness` only, so a step is reproducible from its seed: a generator (drawn here by
-    `draw_step`) or what `draw_step` drew from it beforehand (the same loss). `rows=(lo, hi, batch)`:
-    `video` is rows lo..hi-1 of a global batch of `batch` videos (data-parallel training); the
-    randomness is drawn for the whole batch and sliced, so every process sees what one process would.
+    Returns the scalar loss and a few statistics: the loss and the mean t as detached 0-dim tensors
+    on the loss's device (nothing here reads a tensor on the host, which on a GPU would wait for
+    it), the chunk count as a float. Randomness (caption dropout, t, noise) comes from `randomness`
+    only, so a step is reproducible from its seed: a generator (drawn here by `draw_step`) or what
+    `draw_step` drew from it beforehand (the same loss). `rows=(lo, hi, batch)`: `video` is rows
+    lo..hi-1 of a global batch of `batch` videos (data-parallel training); the randomness is drawn
+    for the whole batch and sliced, so every process sees what one process would.
     """
     B, _, N = video.shape[:3]
     lo, hi, total = rows if rows is not None else (0, B, B)
@@ -82,4 +84,4 @@ def training_loss(model: VINModel, video: Tensor, captions: list[str], cfg: Trai
     err = ((pred.float() - target.float()) ** 2).mean(dim=(2, 4, 5))  # (B, n, F)
     per_chunk = (err * w).sum(-1) / w.sum(-1)  # (B, n)
     loss = per_chunk.mean()
-    return loss, {"loss": loss.item(), "t_mean": t.mean().item(), "chunks": float(len(layout))}
+    return loss, {"loss": loss.detach(), "t_mean": t.mean(), "chunks": float(len(layout))}

@@ -157,6 +157,11 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     one process (up to float rounding), and a run can resume on any process count. Rank 0 logs
     and writes the (atomic) checkpoints.
 
+    In one process the loss stays on the device and is read (one host sync) only when a log record
+    or checkpoint is due, so the host queues the next step while a GPU finishes this one; a
+    non-finite loss then raises a FloatingPointError that names its step, before anything is logged
+    or saved. Under DDP every step's loss is all-reduced and read with the ranks' stop flags.
+
     SIGINT or SIGTERM (`vin.training.stopping`) ends the run after the current step (under DDP
     possibly the next) with a checkpoint and a log record of that step (`"stopped": true` when no
     record was due there); the returned stats then name the signal (`stopped_by`), and
@@ -228,10 +233,11 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
             with autocast:
                 loss = loss_fn(video, captions, draws, (lo, hi, tc.batch_size) if parallel else None)
             share = (hi - lo) / tc.batch_size
-            # every rank learns whether any was asked to stop, with the loss: all stop after the same step
-            value, stopping = _global_loss(loss, share, ctx, stop.signum) if parallel else (loss.item(), bool(stop.signum))
-            if not math.isfinite(value):  # the same value on every rank: all stop together
-                raise FloatingPointError(f"loss became {value} at step {step}; lower train.lr or enable train.grad_clip")
+            if parallel:  # every rank learns whether any was asked to stop, with the loss: all stop after the same step
+                value, stopping = _global_loss(loss, share, ctx, stop.signum)
+                _check_finite([value], step + 1)  # the same value on every rank: all stop together
+            else:  # kept on the device: read (one host sync) only when a record or checkpoint is due
+                value, stopping = loss.detach(), bool(stop.signum)
             opt.zero_grad(set_to_none=True)
             (loss * (share * world) if parallel else loss).backward()  # DDP averages over ranks
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
@@ -247,6 +253,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
                 stopping = stopping or bool(stop.signum)
             stopping = stopping and step < tc.steps  # a signal in the last step: the run is finished anyway
             due = step % tc.log_every == 0 or step == tc.steps
+            saving = step % tc.ckpt_every == 0 or step == tc.steps or stopping
+            if main and (due or saving or len(window) >= 1024):  # never log or save after a non-finite loss
+                window = _check_finite(window, step)
             if main and (due or stopping):
                 elapsed = time.perf_counter() - t0
                 stats = {"step": step, "loss": float(np.mean(window)), "lr": lr, "grad_norm": float(grad_norm),
@@ -257,7 +266,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
                     f.write(json.dumps(stats) + "\n")
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
                 window = []
-            if main and (step % tc.ckpt_every == 0 or step == tc.steps or stopping):
+            if main and saving:
                 _save(run_dir, cfg, model, ema, opt, step, warm_start, lr)
             if stopping:
                 stats = {**stats, "step": step, "stopped_by": stop.name or "a signal to another process"}
@@ -362,6 +371,20 @@ def _truncate_log(path: Path, step: int) -> None:
     keep = [line for line in lines if not line.strip() or json.loads(line).get("step", 0) <= step]
     if len(keep) != len(lines):
         atomic_write_text(path, "".join(keep))
+
+
+def _check_finite(window: list[Tensor | float], step: int) -> list[float]:
+    """The losses of the steps up to `step` (the last `len(window)` ones) as floats, read from the
+    device in one go; a FloatingPointError names the first step whose loss is not finite."""
+    on_device = [v for v in window if isinstance(v, Tensor)]
+    if on_device:
+        values = iter(torch.stack(on_device).float().tolist())
+        window = [next(values) if isinstance(v, Tensor) else v for v in window]
+    for i, v in enumerate(window):
+        if not math.isfinite(v):
+            raise FloatingPointError(f"loss became {v} at step {step - len(window) + i}; "
+                                     "lower train.lr or enable train.grad_clip")
+    return window
 
 
 def _global_loss(loss: Tensor, share: float, ctx: "DistContext", stop: int = 0) -> tuple[float, bool]:
