@@ -290,6 +290,42 @@ def test_a_mapped_stream_applies_its_function_to_every_batch_in_order(workers):
     assert all(torch.equal(g[1], e[1]) for g, e in zip(got, expected))
 
 
+def _with_draws(batch):
+    from vin.training.objective import StepDraws
+
+    index, video, captions = batch
+    return index, video, captions, StepDraws((False,) * len(captions), torch.rand(len(captions)), torch.randn_like(video))
+
+
+def test_without_workers_pinned_batches_are_the_stream_with_every_tensor_pinned(monkeypatch):
+    """`prefetch(stream, 0, pin_memory=True)` (a CUDA run without data workers) pins every tensor
+    of every batch, also inside the step's draws (a named tuple, which stays one), and changes
+    nothing else. Pinning is mocked: it needs a CUDA device."""
+    from vin.data.prefetch import Mapped, prefetch
+    from vin.training.objective import StepDraws
+
+    pinned = []
+
+    def pin(self):
+        copy = self.clone()
+        pinned.append(copy)
+        return copy
+
+    stream = Mapped(SyntheticVideoStream(DataConfig(height=16, width=16), seed=2, batch_size=2, frames_choices=(4,)),
+                    _with_draws)
+    torch.manual_seed(0)
+    expected = list(itertools.islice(iter(stream), 3))
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    torch.manual_seed(0)
+    got = list(itertools.islice(prefetch(stream, 0, pin_memory=True), 3))
+    monkeypatch.undo()
+    assert len(pinned) == 3 * 3  # video, t, noise of each batch
+    for (i, v, c, d), (j, w, e, f) in zip(expected, got):
+        assert i == j and c == e and isinstance(f, StepDraws) and f.drop == d.drop
+        assert torch.equal(v, w) and torch.equal(d.t, f.t) and torch.equal(d.noise, f.noise)
+        assert all(any(x is p for p in pinned) for x in (w, f.t, f.noise))
+
+
 def test_stream_batches_with_a_stride_are_its_every_nth_batch():
     stream = SyntheticVideoStream(CFG, seed=3, batch_size=2, frames_choices=(4, 6, 8))
     every = list(itertools.islice(stream, 7))

@@ -728,16 +728,87 @@ def test_training_reads_the_loss_only_when_it_logs(tmp_path, monkeypatch):
             return original(self, *args, **kwargs)
         return read
 
+    batches = []  # (step, how many losses) of each read of the losses on the device
+    read_finite = trainer._read_finite
+
+    def read_batch(losses, step):
+        batches.append((step, len(losses)))
+        return read_finite(losses, step)
+
     monkeypatch.setattr(trainer, "training_loss", tagged)
+    monkeypatch.setattr(trainer, "_read_finite", read_batch)
     for name in HOST_READS:
         monkeypatch.setattr(torch.Tensor, name, reader(name))
     train(tiny_cfg("train.steps=6", "train.log_every=3", "train.ckpt_every=100"), tmp_path, progress=False)
     monkeypatch.undo()
-    assert reads == [] and len(held) == 6
+    assert reads == [] and len(held) == 6 and batches == [(3, 3), (6, 3)]
     losses = [h.item() for h in held]
     log = read_log(tmp_path)
     assert sorted(log) == [3, 6]
     assert log[3]["loss"] == float(np.mean(losses[:3])) and log[6]["loss"] == float(np.mean(losses[3:]))
+
+
+def test_long_log_intervals_read_the_losses_in_batches(tmp_path, monkeypatch):
+    """Between records at most MAX_UNREAD losses wait on the device, each read once; the record
+    still holds the mean of all of them."""
+    import vin.training.trainer as trainer
+
+    batches, read_finite = [], trainer._read_finite
+
+    def read_batch(losses, step):
+        batches.append((step, len(losses)))
+        return read_finite(losses, step)
+
+    monkeypatch.setattr(trainer, "MAX_UNREAD", 2)
+    monkeypatch.setattr(trainer, "_read_finite", read_batch)
+    train(tiny_cfg("train.steps=5", "train.log_every=100", "train.ckpt_every=100"), tmp_path / "a", progress=False)
+    monkeypatch.undo()
+    assert batches == [(2, 2), (4, 2), (5, 1)]
+    train(tiny_cfg("train.steps=5", "train.log_every=5", "train.ckpt_every=100"), tmp_path / "b", progress=False)
+    assert read_log(tmp_path / "a")[5]["loss"] == read_log(tmp_path / "b")[5]["loss"]
+
+
+def test_update_ema_is_the_per_parameter_lerp():
+    from vin.training.trainer import update_ema
+
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    model, ema = build_model(cfg), build_model(cfg)
+    want = [e.detach() * 0.9 + p.detach() * 0.1 for e, p in zip(ema.parameters(), model.parameters())]
+    looped = [e.detach().clone().lerp_(p.detach(), 0.1) for e, p in zip(ema.parameters(), model.parameters())]
+    update_ema(ema, model, 0.9)
+    for got, loop, ref in zip(ema.parameters(), looped, want):
+        assert torch.equal(got, loop)
+        torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_steps_do_not_wait_for_the_gpu(tmp_path, monkeypatch):
+    """Steps 2-4 of a run (after the first, which sets up the optimizer state and the kernels) under
+    torch.cuda.set_sync_debug_mode("error"): any host-device synchronisation in the forward,
+    backward, optimizer, EMA or the data copies raises. The losses are read at step 4 (a record)."""
+    import vin.training.trainer as trainer
+
+    clamp, read_finite, calls = trainer.clamp_gates, trainer._read_finite, []
+
+    def clamp_then_watch(model):
+        clamp(model)
+        calls.append(1)
+        if len(calls) == 1:
+            torch.cuda.set_sync_debug_mode("error")
+
+    def read_unwatched(losses, step):
+        torch.cuda.set_sync_debug_mode("default")
+        return read_finite(losses, step)
+
+    monkeypatch.setattr(trainer, "clamp_gates", clamp_then_watch)
+    monkeypatch.setattr(trainer, "_read_finite", read_unwatched)
+    try:
+        train(tiny_cfg("train.steps=4", "train.log_every=4", "train.ckpt_every=4"), tmp_path, device="cuda",
+              progress=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(calls) == 4 and sorted(read_log(tmp_path)) == [4]
 
 
 def test_init_from_exported_weights_continues_from_its_step(tmp_path):

@@ -29,6 +29,8 @@ from typing import Any, Protocol
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from vin.devices import pinned
+
 
 class Stream(Protocol):
     """What `prefetch` shards: batches by index (`vin.data.synthetic.SyntheticVideoStream`, `Mapped`)."""
@@ -82,11 +84,12 @@ def _leave_process_group(_: int) -> None:
 
 
 def prefetch(stream: Stream, workers: int, pin_memory: bool = False) -> Iterator[Any]:
-    """The batches of `stream` in order, rendered by `workers` processes (0: in this process)."""
+    """The batches of `stream` in order, rendered by `workers` processes (0: in this process), their
+    tensors in pinned memory with `pin_memory` (for copies to a CUDA device that do not wait)."""
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     if workers == 0:
-        return iter(stream)
+        return (pinned(item) for item in stream) if pin_memory else iter(stream)
     # fork: the workers need no CUDA, and start at once; Python 3.14's default (forkserver) would put
     # a server process in the trainer's process group, whose death by a group signal ends the workers
     context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None

@@ -45,19 +45,20 @@ class VideoInterface(nn.Module):
         self.out_norm = nn.LayerNorm(v.width, eps=1e-6)
 
     def keyframe_indices(self, num_frames: int, start: int = 0, end: int | None = None,
-                         stride: int | None = None) -> Tensor:
+                         stride: int | None = None, device: torch.device | str | None = None) -> Tensor:
         """Global indices of the keyframes in frames [start, end) of a video of `num_frames`
-        (every `stride`-th frame; None: the configured `keyframe_stride`)."""
+        (every `stride`-th frame; None: the configured `keyframe_stride`), made on `device` (a copy
+        from the host would wait for a GPU)."""
         end = num_frames if end is None else end
         s = stride or self.cfg.keyframe_stride
         first = -(-start // s) * s
-        return torch.arange(first, max(first, end), s)  # empty (not an error) when [start, end) holds no keyframe
+        return torch.arange(first, max(first, end), s, device=device)  # empty (not an error) when [start, end) holds none
 
     def keyframe_tokens(self, frames: Tensor, indices: Tensor, num_frames: int) -> Tensor:
         """frames (B, C, K, H, W) = the keyframes at global `indices` (K,) -> tokens (B, K*h*w, D)."""
         p = self.cfg.patch_s
         tok = self.kf_embed(rearrange(frames, "b c k (h ph) (w pw) -> b (k h w) (c ph pw)", ph=p, pw=p))
-        pos = indices.float().to(frames.device)
+        pos = indices.to(frames.device, torch.float32)
         if self.cfg.time_pos == "relative":
             pos = pos / num_frames * RELATIVE_SPAN
         h, w = frames.shape[-2] // p, frames.shape[-1] // p
@@ -93,7 +94,7 @@ class VideoInterface(nn.Module):
         """x_t (B, C, N, H, W) the whole noisy video, t (B,) -> Z (B, N_global, D).
         `keyframe_stride` overrides the configured stride (an inference-time ablation)."""
         n = x_t.shape[2]
-        idx = self.keyframe_indices(n, stride=keyframe_stride)
+        idx = self.keyframe_indices(n, stride=keyframe_stride, device=x_t.device)
         c, q, z0 = self.read_begin(t, text)
-        out, _ = self.read_attend(q, x_t[:, :, idx.to(x_t.device)], idx, n)
+        out, _ = self.read_attend(q, x_t[:, :, idx], idx, n)
         return self.read_end(out, c, z0, text)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from vin.config import TextConfig
+from vin.devices import to_device
 from vin.models.layers import Attention, Mlp, sincos_1d
 
 PAD, EMPTY = 0, 1
@@ -66,7 +67,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, captions: list[str]) -> TextEmbedding:
         device = self.embed.weight.device
-        ids = tokenize(captions, self.cfg.vocab_size, self.cfg.max_tokens).to(device)
+        ids = to_device(tokenize(captions, self.cfg.vocab_size, self.cfg.max_tokens), device)
         mask = ids != PAD
         x = self.embed(ids) + sincos_1d(torch.arange(ids.shape[1], device=device), self.cfg.width)
         bias = key_padding_bias(mask)

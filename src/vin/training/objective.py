@@ -16,10 +16,11 @@ from vin.models.vin import VINModel
 from vin.sampling.chunking import chunk_layout, split_chunks
 
 
-def context_weights(num_chunks: int, chunk_frames: int, context: int, weight: float) -> Tensor:
-    """(n, F) loss weights: 1, except `weight` on the first `context` frames of chunks 1..n-1,
-    the frames they share with (and take as context from) the previous chunk."""
-    w = torch.ones(num_chunks, chunk_frames)
+def context_weights(num_chunks: int, chunk_frames: int, context: int, weight: float,
+                    device: torch.device | str | None = None) -> Tensor:
+    """(n, F) loss weights on `device`: 1, except `weight` on the first `context` frames of chunks
+    1..n-1, the frames they share with (and take as context from) the previous chunk."""
+    w = torch.ones(num_chunks, chunk_frames, device=device)
     w[1:, :context] = weight
     return w
 
@@ -80,7 +81,7 @@ def training_loss(model: VINModel, video: Tensor, captions: list[str], cfg: Trai
     z = model.read(x_t, t, text)
     pred = model.denoise_chunks(split_chunks(x_t, layout), t, text, z)
 
-    w = context_weights(len(layout), F, K, cfg.context_loss_weight).to(video.device)
+    w = context_weights(len(layout), F, K, cfg.context_loss_weight, video.device)
     err = ((pred.float() - target.float()) ** 2).mean(dim=(2, 4, 5))  # (B, n, F)
     per_chunk = (err * w).sum(-1) / w.sum(-1)  # (B, n)
     loss = per_chunk.mean()

@@ -39,6 +39,8 @@ from vin.training.stopping import StopRequest
 if TYPE_CHECKING:  # the context type only; training does not depend on vin.distributed
     from vin.distributed.group import DistContext
 
+MAX_UNREAD = 1024  # steps whose loss may wait on the device between two reads (between records)
+
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
@@ -80,8 +82,10 @@ def compile_blocks(model: nn.Module, device: str | torch.device = "cpu") -> int:
 
 
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1.0 - decay)
+    """ema <- decay * ema + (1 - decay) * model, for all parameters in one foreach call (a few
+    kernels on a GPU, not one per parameter)."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
 
 
 def check_run_dir(cfg: Config, run_dir: str | Path, resume: bool) -> list[Path]:
@@ -157,10 +161,12 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     one process (up to float rounding), and a run can resume on any process count. Rank 0 logs
     and writes the (atomic) checkpoints.
 
-    In one process the loss stays on the device and is read (one host sync) only when a log record
-    or checkpoint is due, so the host queues the next step while a GPU finishes this one; a
-    non-finite loss then raises a FloatingPointError that names its step, before anything is logged
-    or saved. Under DDP every step's loss is all-reduced and read with the ranks' stop flags.
+    In one process the loss stays on the device and is read only when a log record or checkpoint
+    is due (and at least every MAX_UNREAD steps), in one go; nothing else in a step is meant to wait
+    for a GPU (batches come through pinned memory, `vin.devices`), so the host can queue the next
+    step while the GPU runs this one (a CUDA-only test checks it with torch's sync debug mode). A non-finite loss raises a FloatingPointError that names its step at that read,
+    before anything is logged or saved; the steps in between have trained on (computing wasted,
+    nothing written). Under DDP every step's loss is all-reduced and read with the ranks' stop flags.
 
     SIGINT or SIGTERM (`vin.training.stopping`) ends the run after the current step (under DDP
     possibly the next) with a checkpoint and a log record of that step (`"stopped": true` when no
@@ -217,7 +223,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
     bar = tqdm(total=tc.steps, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
-    log_path, window, stats = run_dir / "log.jsonl", [], {}
+    log_path, window, unread, stats = run_dir / "log.jsonl", [], [], {}
     t0, samples = time.perf_counter(), 0
     model.train()
     with StopRequest() as stop:
@@ -235,7 +241,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
             share = (hi - lo) / tc.batch_size
             if parallel:  # every rank learns whether any was asked to stop, with the loss: all stop after the same step
                 value, stopping = _global_loss(loss, share, ctx, stop.signum)
-                _check_finite([value], step + 1)  # the same value on every rank: all stop together
+                _read_finite([value], step + 1)  # the same value on every rank: all stop together
             else:  # kept on the device: read (one host sync) only when a record or checkpoint is due
                 value, stopping = loss.detach(), bool(stop.signum)
             opt.zero_grad(set_to_none=True)
@@ -246,7 +252,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
             step += 1
             if ema is not None:
                 update_ema(ema, model, min(tc.ema_decay, (1 + step) / (10 + step)))
-            window.append(value)
+            unread.append(value)
             samples += tc.batch_size
             bar.update(1)
             if not parallel:  # a signal during this step's backward/update stops after it, not the next
@@ -254,8 +260,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
             stopping = stopping and step < tc.steps  # a signal in the last step: the run is finished anyway
             due = step % tc.log_every == 0 or step == tc.steps
             saving = step % tc.ckpt_every == 0 or step == tc.steps or stopping
-            if main and (due or saving or len(window) >= 1024):  # never log or save after a non-finite loss
-                window = _check_finite(window, step)
+            if due or saving or len(unread) >= MAX_UNREAD:  # never log or save after a non-finite loss
+                window += _read_finite(unread, step)
+                unread = []
             if main and (due or stopping):
                 elapsed = time.perf_counter() - t0
                 stats = {"step": step, "loss": float(np.mean(window)), "lr": lr, "grad_norm": float(grad_norm),
@@ -265,6 +272,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
                 with open(log_path, "a") as f:
                     f.write(json.dumps(stats) + "\n")
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
+            if due or stopping:
                 window = []
             if main and saving:
                 _save(run_dir, cfg, model, ema, opt, step, warm_start, lr)
@@ -373,18 +381,16 @@ def _truncate_log(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(keep))
 
 
-def _check_finite(window: list[Tensor | float], step: int) -> list[float]:
-    """The losses of the steps up to `step` (the last `len(window)` ones) as floats, read from the
-    device in one go; a FloatingPointError names the first step whose loss is not finite."""
-    on_device = [v for v in window if isinstance(v, Tensor)]
-    if on_device:
-        values = iter(torch.stack(on_device).float().tolist())
-        window = [next(values) if isinstance(v, Tensor) else v for v in window]
-    for i, v in enumerate(window):
+def _read_finite(losses: list[Tensor] | list[float], step: int) -> list[float]:
+    """The losses of the last `len(losses)` steps before `step` as floats, read from the device in
+    one go (already floats under DDP); a FloatingPointError names the first step whose loss is not
+    finite."""
+    values = torch.stack(losses).tolist() if losses and isinstance(losses[0], Tensor) else list(losses)
+    for i, v in enumerate(values):
         if not math.isfinite(v):
-            raise FloatingPointError(f"loss became {v} at step {step - len(window) + i}; "
+            raise FloatingPointError(f"loss became {v} at step {step - len(values) + i}; "
                                      "lower train.lr or enable train.grad_clip")
-    return window
+    return values
 
 
 def _global_loss(loss: Tensor, share: float, ctx: "DistContext", stop: int = 0) -> tuple[float, bool]:
