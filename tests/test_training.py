@@ -783,13 +783,22 @@ def test_update_ema_is_the_per_parameter_lerp():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_training_steps_do_not_wait_for_the_gpu(tmp_path, monkeypatch):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_training_steps_do_not_wait_for_the_gpu(tmp_path, monkeypatch, bf16):
     """Steps 2-4 of a run (after the first, which sets up the optimizer state and the kernels) under
-    torch.cuda.set_sync_debug_mode("error"): any host-device synchronisation in the forward,
-    backward, optimizer, EMA or the data copies raises. The losses are read at step 4 (a record)."""
+    torch.cuda.set_sync_debug_mode("error"): a blocking copy or an explicit wait in the forward,
+    backward, optimizer, EMA or the copies of the batch raises. That mode does not see a
+    non-blocking copy from pageable memory (which may still wait), so the batches are checked to be
+    pinned. The losses are read at step 4 (a record)."""
     import vin.training.trainer as trainer
 
-    clamp, read_finite, calls = trainer.clamp_gates, trainer._read_finite, []
+    clamp, read_finite, batches, calls = trainer.clamp_gates, trainer._read_finite, trainer.training_batches, []
+    pinned = []
+
+    def checked_batches(*args, **kwargs):
+        for index, video, captions, draws in batches(*args, **kwargs):
+            pinned.append(video.is_pinned() and draws.t.is_pinned() and draws.noise.is_pinned())
+            yield index, video, captions, draws
 
     def clamp_then_watch(model):
         clamp(model)
@@ -803,12 +812,13 @@ def test_training_steps_do_not_wait_for_the_gpu(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "clamp_gates", clamp_then_watch)
     monkeypatch.setattr(trainer, "_read_finite", read_unwatched)
+    monkeypatch.setattr(trainer, "training_batches", checked_batches)
     try:
-        train(tiny_cfg("train.steps=4", "train.log_every=4", "train.ckpt_every=4"), tmp_path, device="cuda",
-              progress=False)
+        train(tiny_cfg("train.steps=4", "train.log_every=4", "train.ckpt_every=4", "train.chunks=[2, 3]",
+                       f"train.autocast_bf16={str(bf16).lower()}"), tmp_path, device="cuda", progress=False)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert len(calls) == 4 and sorted(read_log(tmp_path)) == [4]
+    assert len(calls) == 4 and sorted(read_log(tmp_path)) == [4] and len(pinned) >= 4 and all(pinned)
 
 
 def test_init_from_exported_weights_continues_from_its_step(tmp_path):

@@ -24,10 +24,15 @@ def to_device(x: Tensor, device: torch.device | str) -> Tensor:
 
 
 def pinned(item: Any) -> Any:
-    """`item` with every tensor in it (nested tuples and named tuples) copied to pinned memory."""
+    """`item` with every tensor in it (nested tuples, named tuples, lists and dicts) copied to
+    pinned memory."""
     if isinstance(item, Tensor):
         return item.pin_memory()
     if isinstance(item, tuple):
         values = [pinned(v) for v in item]
         return type(item)(*values) if hasattr(item, "_fields") else tuple(values)
+    if isinstance(item, list):
+        return [pinned(v) for v in item]
+    if isinstance(item, dict):
+        return {k: pinned(v) for k, v in item.items()}
     return item

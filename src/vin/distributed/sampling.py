@@ -128,9 +128,9 @@ def distributed_read(model: VINModel, ctx: DistContext, x_own: Tensor, start: in
     iface = model.interface
     if iface is None:
         return None
-    idx = iface.keyframe_indices(num_frames, start, start + x_own.shape[2], stride=keyframe_stride)
+    idx = iface.keyframe_indices(num_frames, start, start + x_own.shape[2], stride=keyframe_stride, device=x_own.device)
     c, q, z0 = iface.read_begin(t, text)
-    out, lse = iface.read_attend(q, x_own[:, :, (idx - start).to(x_own.device)], idx, num_frames)
+    out, lse = iface.read_attend(q, x_own[:, :, idx - start], idx, num_frames)
     out, _ = allreduce_attention(ctx, out, lse, stats)
     return iface.read_end(out, c, z0, text)
 

@@ -164,9 +164,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     In one process the loss stays on the device and is read only when a log record or checkpoint
     is due (and at least every MAX_UNREAD steps), in one go; nothing else in a step is meant to wait
     for a GPU (batches come through pinned memory, `vin.devices`), so the host can queue the next
-    step while the GPU runs this one (a CUDA-only test checks it with torch's sync debug mode). A non-finite loss raises a FloatingPointError that names its step at that read,
-    before anything is logged or saved; the steps in between have trained on (computing wasted,
-    nothing written). Under DDP every step's loss is all-reduced and read with the ranks' stop flags.
+    step while the GPU runs this one (a CUDA-only test checks that no step synchronises, and that
+    the batches are pinned). A non-finite loss raises a FloatingPointError that names its step at
+    that read, before anything is logged or saved; the steps in between have trained on (computing
+    wasted, nothing written). Under DDP every step's loss is all-reduced and read with the ranks' stop flags.
 
     SIGINT or SIGTERM (`vin.training.stopping`) ends the run after the current step (under DDP
     possibly the next) with a checkpoint and a log record of that step (`"stopped": true` when no
