@@ -305,6 +305,8 @@ BAD_INPUT = [
     ("unknown_generate_option", GEN + ["--bogus"], ["--bogus"]),
     ("not_an_int", GEN + ["--frames", "abc"], ["--frames", "abc"]),
     ("bad_choice", GEN + ["--solver", "rk45"], ["--solver", "rk45"]),
+    ("eta_without_ddim", GEN + ["--eta", "1"], ["eta", "ddim", "euler"]),
+    ("eta_out_of_range", GEN + ["--solver", "ddim", "--eta", "-0.5"], ["eta", "-0.5"]),
     ("bad_device", GEN + ["--device", "nodevice"], ["nodevice"]),
     ("unknown_override", TRAIN + ["--train.foo=1", "--out", "new"], ["train.foo"]),
     ("unknown_nested_override", TRAIN + ["--model.dit.widht=3", "--out", "new"], ["model.dit.widht"]),

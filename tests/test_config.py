@@ -249,6 +249,8 @@ def test_configs_are_frozen():
     [
         (["sample.fusion=blend"], ["sample.fusion", "blend"]),
         (["sample.solver=rk4"], ["sample.solver", "rk4"]),
+        (["sample.eta=1.5", "sample.solver=ddim"], ["sample.eta", "1.5"]),
+        (["sample.eta=0.5"], ["sample.eta", "sample.solver=ddim", "euler"]),
         (["sample.steps=0"], ["sample.steps"]),
         (["sample.fusion_span=1.5"], ["fusion_span"]),
         (["train.context_frames=8"], ["context_frames", "8"]),  # == chunk_frames

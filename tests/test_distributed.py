@@ -47,6 +47,9 @@ CASES = {  # name -> (sample config, captions); 16 frames / overlap 4 = 3 chunks
                                          seed=5), CAPTIONS),
     "global tokens none": (SampleConfig(frames=16, chunk_frames=8, overlap=4, steps=2, global_tokens="none",
                                         seed=6), CAPTIONS),
+    # a stochastic solver: each rank draws the fresh noise of its own frames only
+    "ddim, eta 1, 5 chunks": (SampleConfig(frames=23, chunk_frames=8, overlap=5, steps=3, solver="ddim", eta=1.0,
+                                           seed=7), CAPTIONS),
 }
 BYTES_LENGTHS = (16, 28)  # both n*(F-K)+K: every overlap exactly K=4 frames
 

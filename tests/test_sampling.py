@@ -15,7 +15,7 @@ from vin.diffusion.flow import guided, sample_ode, timestep_schedule
 from vin.models.text import TextEmbedding
 from vin.models.vin import VINModel
 from vin.sampling.chunking import chunk_layout, split_chunks
-from vin.sampling.noise import video_noise
+from vin.sampling.noise import step_noise, video_noise
 from vin.sampling.vin_parallel import fusion_active, sample_vin
 from helpers import random_xs_model
 
@@ -59,6 +59,22 @@ def test_video_noise_is_per_frame():
     assert half.dtype == torch.float16
 
 
+def test_step_noise_is_per_frame_and_fresh_each_step():
+    """A stochastic solver's noise at step i: per frame like the initial noise (any frame range
+    gives the same frames), different from the initial noise (step 0 included: numpy's
+    SeedSequence would read a trailing 0 as no entry at all) and from every other step."""
+    steps = [video_noise(7, 2, 3, 20, H, W, step=i) for i in range(3)]
+    assert torch.equal(video_noise(7, 2, 3, range(5, 12), H, W, step=1), steps[1][:, :, 5:12])
+    assert torch.equal(step_noise(7, 2, 3, range(5, 12), H, W)(2), steps[2][:, :, 5:12])
+    initial = video_noise(7, 2, 3, 20, H, W)
+    for i, z in enumerate(steps):
+        assert not torch.equal(z, initial), i
+        assert (z - initial).abs().max() > 1  # independent draws, not a shifted copy
+        for later in steps[i + 1:]:
+            assert not torch.equal(z, later)
+    assert abs(steps[0].std().item() - 1) < 0.03
+
+
 # ---------------------------------------------------------------------------- determinism
 
 
@@ -77,10 +93,12 @@ def test_same_seed_same_video_different_seed_different(model):
 # ----------------------------------------------------------------------- a single chunk
 
 
-@pytest.mark.parametrize("solver, cfg, shift", [("euler", 1.0, 1.0), ("heun", 2.5, 3.0)])
-def test_single_chunk_is_plain_ode_integration(model, solver, cfg, shift):
-    """A video of exactly one chunk: no fusion, the sampler is sample_ode on the model."""
-    sc = sample_cfg(frames=8, steps=4, solver=solver, cfg=cfg, shift=shift, seed=5)
+@pytest.mark.parametrize("solver, cfg, shift, eta", [("euler", 1.0, 1.0, 0.0), ("heun", 2.5, 3.0, 0.0),
+                                                     ("ddim", 1.0, 1.0, 1.0), ("ddim", 2.0, 1.0, 0.5)])
+def test_single_chunk_is_plain_ode_integration(model, solver, cfg, shift, eta):
+    """A video of exactly one chunk: no fusion, the sampler is sample_ode on the model (a stochastic
+    one with the per-frame step noise of the run's seed)."""
+    sc = sample_cfg(frames=8, steps=4, solver=solver, eta=eta, cfg=cfg, shift=shift, seed=5)
     got = sample_vin(model, CAPTIONS, sc, (H, W))
     with torch.no_grad():
         text = model.encode_text(CAPTIONS)
@@ -94,7 +112,8 @@ def test_single_chunk_is_plain_ode_integration(model, solver, cfg, shift):
             v = v_for(x, t, text)
             return v if cfg == 1.0 else guided(v, v_for(x, t, null), cfg)
 
-        want = sample_ode(velocity, video_noise(5, 2, 3, 8, H, W), timestep_schedule(4, shift), solver)
+        want = sample_ode(velocity, video_noise(5, 2, 3, 8, H, W), timestep_schedule(4, shift), solver,
+                          eta=eta, noise=lambda i: video_noise(5, 2, 3, 8, H, W, step=i))
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 

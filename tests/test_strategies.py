@@ -72,12 +72,25 @@ def test_shape_determinism_progress(model, name):
     assert (a - video_noise(0, 2, 3, 20, H, W)).abs().max() > 0.1  # the model did something
 
 
+@pytest.mark.parametrize("name", CONFIG_STRATEGIES)
+def test_ddim_in_every_strategy(model, name):
+    """--solver ddim: eta 0 is the Euler video bit for bit; eta 1 draws fresh noise every step
+    (reproducibly from the seed), so the video changes, and changes with the seed."""
+    euler = STRATEGIES[name](model, CAPTIONS, sc(strategy=name, steps=3), (H, W))
+    assert torch.equal(STRATEGIES[name](model, CAPTIONS, sc(strategy=name, steps=3, solver="ddim"), (H, W)), euler)
+    a = STRATEGIES[name](model, CAPTIONS, sc(strategy=name, steps=3, solver="ddim", eta=1.0), (H, W))
+    b = STRATEGIES[name](model, CAPTIONS, sc(strategy=name, steps=3, solver="ddim", eta=1.0), (H, W))
+    c = STRATEGIES[name](model, CAPTIONS, sc(strategy=name, steps=3, solver="ddim", eta=1.0, seed=1), (H, W))
+    assert torch.isfinite(a).all() and torch.equal(a, b)
+    assert (a - euler).abs().max() > 0.1 and (a - c).abs().max() > 0.1
+
+
 # ------------------------------------------------------------------------------ equivalences
 
 
-@pytest.mark.parametrize("global_tokens", ["read", "zeros"])
-def test_vin_on_one_chunk_is_full(model, global_tokens):
-    cfg = dict(frames=8, cfg=2.0, global_tokens=global_tokens, steps=3)
+@pytest.mark.parametrize("global_tokens, eta", [("read", 0.0), ("zeros", 0.0), ("read", 1.0)])
+def test_vin_on_one_chunk_is_full(model, global_tokens, eta):
+    cfg = dict(frames=8, cfg=2.0, global_tokens=global_tokens, steps=3, solver="ddim" if eta else "euler", eta=eta)
     close(vin_parallel.sample(model, CAPTIONS, sc(**cfg), (H, W)), full.sample(model, CAPTIONS, sc(**cfg), (H, W)), 1e-6)
 
 
@@ -93,8 +106,8 @@ def test_full_positions_switch(model):
 def test_vin_without_global_tokens_is_independent(model):
     # windows that do not overlap: no fusion to do, so vin without global tokens IS independent
     assert chunk_layout(24, 8, 0) == ((0, 8), (8, 16), (16, 24))
-    for fusion in ("early", "none"):
-        cfg = sc(frames=24, overlap=0, global_tokens="none", fusion=fusion, cfg=2.0)
+    for fusion, eta in (("early", 0.0), ("none", 0.0), ("early", 1.0)):  # eta 1: the same step noise per frame
+        cfg = sc(frames=24, overlap=0, global_tokens="none", fusion=fusion, cfg=2.0, solver="ddim", eta=eta)
         close(vin_parallel.sample(model, CAPTIONS, cfg, (H, W)), independent.sample(model, CAPTIONS, cfg, (H, W)), 1e-6)
     # overlapping windows: vin without global tokens = the independent chunk velocity + the fusion
     cfg = sc(global_tokens="none", fusion="always", cfg=2.0)

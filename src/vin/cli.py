@@ -12,7 +12,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from vin.config import STRATEGIES, SampleConfig, load_config
+from vin.config import SOLVERS, STRATEGIES, SampleConfig, load_config
 from vin.distributed import DistributedError, launched_by_torchrun
 
 EPILOG_TRAIN = """Any config field can be overridden as --section.key=value, e.g.
@@ -98,7 +98,7 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> int:
     from vin.generate import DEFAULT_PROMPT, generate
 
     sample = SampleConfig(frames=args.frames, chunk_frames=args.chunk_frames, overlap=args.overlap,
-                          steps=args.steps, solver=args.solver, shift=args.shift, cfg=args.cfg,
+                          steps=args.steps, solver=args.solver, eta=args.eta, shift=args.shift, cfg=args.cfg,
                           cfg_global=args.cfg_global, fusion=args.fusion, fusion_span=args.fusion_span,
                           seed=args.seed, strategy=args.strategy,
                           global_tokens="none" if args.no_global else args.global_tokens,
@@ -327,7 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-frames", type=int, default=0, help="chunk window (default: the model's)")
     p.add_argument("--overlap", type=int, default=d.overlap, help=f"frames shared by neighbouring chunks (default {d.overlap})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"solver steps (default {d.steps})")
-    p.add_argument("--solver", choices=("euler", "heun"), default=d.solver)
+    p.add_argument("--solver", choices=SOLVERS, default=d.solver,
+                   help="euler, heun (2nd order, 2 calls per step) or ddim (with --eta: stochastic)")
+    p.add_argument("--eta", type=float, default=d.eta,
+                   help="ddim: 0 deterministic (= euler), 1 ancestral sampling (fresh noise each step)")
     p.add_argument("--shift", type=float, default=d.shift, help="timestep shift (>1: more steps at high noise)")
     p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--cfg-global", choices=("recompute", "shared"), default=d.cfg_global,
@@ -378,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-frames", type=int, default=0)
     p.add_argument("--overlap", type=int, default=d.overlap)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--solver", choices=("euler", "heun"), default=d.solver)
+    p.add_argument("--solver", choices=SOLVERS, default=d.solver)
     p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--attention-limit-gb", type=float, default=d.attention_limit_gb,
                    help="full/spectral: larger attention is reported as refused")

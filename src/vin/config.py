@@ -214,6 +214,7 @@ class TrainConfig:
 
 
 FUSION_MODES = ("early", "mid", "late", "always", "none")
+SOLVERS = ("euler", "heun", "ddim")  # vin.diffusion.flow.sample_ode
 # Long-video strategies (`vin.sampling.strategies.STRATEGIES` maps each name to its sampler).
 STRATEGIES = ("vin", "full", "independent", "autoregressive", "freenoise", "spectral")
 
@@ -224,7 +225,10 @@ class SampleConfig:
     chunk_frames: int = 0  # 0: the model's native chunk_frames
     overlap: int = 4  # frames shared by neighbouring chunks at inference (may exceed training context)
     steps: int = 25
-    solver: str = "euler"  # euler | heun
+    solver: str = "euler"  # euler | heun | ddim
+    # ddim only: 0 is deterministic (= euler), 1 samples the DDPM posterior at every step (ancestral,
+    # a stochastic sampler); fresh noise per frame and step, so still layout- and process-independent.
+    eta: float = 0.0
     shift: float = 1.0  # timestep shift (SD3): >1 spends more steps at high noise
     cfg: float = 1.0  # classifier-free guidance scale; 1 = off
     # Open question 5: "recompute" reads the global tokens again with the empty caption for the
@@ -255,7 +259,9 @@ class SampleConfig:
     spectral_cutoff: float = 0.25
 
     def __post_init__(self) -> None:
-        _check(self.solver in ("euler", "heun"), f"sample.solver must be euler or heun, got {self.solver!r}")
+        _check(self.solver in SOLVERS, f"sample.solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        _check(0.0 <= self.eta <= 1.0, f"sample.eta must be in [0, 1], got {self.eta}")
+        _check(self.eta == 0.0 or self.solver == "ddim", f"sample.eta={self.eta} needs sample.solver=ddim, not {self.solver}")
         _check(self.fusion in FUSION_MODES, f"sample.fusion must be one of {', '.join(FUSION_MODES)}, got {self.fusion!r}")
         _check(self.cfg_global in ("recompute", "shared"), f"sample.cfg_global must be recompute or shared, got {self.cfg_global!r}")
         _check(self.steps >= 1, f"sample.steps must be >= 1, got {self.steps}")

@@ -30,13 +30,12 @@ import torch.distributed as dist
 from torch import Tensor
 
 from vin.config import SampleConfig
-from vin.diffusion.flow import sample_ode, timestep_schedule
 from vin.distributed.group import CommStats, DistContext, collective, global_rank
 from vin.models.text import TextEmbedding
 from vin.models.vin import VINModel
 from vin.sampling.chunking import Layout, chunk_layout, fusion_weights, merge_chunks
-from vin.sampling.common import Conditioning, Progress, encode, resolve_chunk_frames
-from vin.sampling.noise import video_noise
+from vin.sampling.common import Conditioning, Progress, encode, resolve_chunk_frames, solve
+from vin.sampling.noise import step_noise, video_noise
 from vin.sampling.vin_parallel import chunk_velocity, fusion_active
 
 
@@ -189,7 +188,7 @@ def sample_vin_distributed(model: VINModel, captions: list[str], cfg: SampleConf
             acc[:, :, f0 - me.a:f0 - me.a + buf.shape[2]] += buf
         return acc + v_span[:, :, :me.b - me.a]
 
-    x = sample_ode(velocity, x, timestep_schedule(cfg.steps, cfg.shift), cfg.solver, progress)
+    x = solve(velocity, x, cfg, progress, step_noise(cfg.seed, B, C, range(me.a, me.b), h, w, device))
     return gather_frames(ctx, x, parts, stats)
 
 

@@ -179,8 +179,8 @@ def read_flops(mc: ModelConfig, rows: int, frames: int, frame_size: tuple[int, i
 # ------------------------------------------------------------------------------ strategies
 
 def model_evaluations(sample: SampleConfig) -> int:
-    """Velocity evaluations of one sampling chain: euler 1 per step; heun 2, but Euler on the last."""
-    return sample.steps if sample.solver == "euler" else 2 * sample.steps - 1
+    """Velocity evaluations of one sampling chain: euler and ddim 1 per step; heun 2, but Euler on the last."""
+    return 2 * sample.steps - 1 if sample.solver == "heun" else sample.steps
 
 
 def analytic_flops(model_cfg: ModelConfig, sample: SampleConfig, frame_size: tuple[int, int], strategy: str,

@@ -269,9 +269,14 @@ def _settings(results: dict) -> list[tuple[str, str]]:
     s = results["sample"]
     return [("methods", ", ".join(f"{m['label']} ({m['strategy']} on {Path(m['checkpoint']).name})" for m in results["methods"])),
             ("lengths", ", ".join(map(str, results["lengths"]))), ("seeds", ", ".join(map(str, results["seeds"]))),
-            ("solver", f"{s['solver']}, {s['steps']} steps, overlap {s['overlap']}, cfg {s['cfg']}"),
+            ("solver", f"{s['solver']}{_eta(s)}, {s['steps']} steps, overlap {s['overlap']}, cfg {s['cfg']}"),
             ("device", f"{results['device']}, {results['torch_threads']} torch threads"),
             ("metrics", f"feature {results['feature']}, optical flow {results['flow']}")]
+
+
+def _eta(sample: dict) -> str:
+    """" (eta 1)" for a stochastic ddim run; older results have no eta."""
+    return f" (eta {sample['eta']:g})" if sample.get("eta") else ""
 
 
 def _gif_rows(results: dict) -> dict[int, dict[str, list[str]]]:

@@ -26,11 +26,11 @@ import torch
 from torch import Tensor
 
 from vin.config import SampleConfig
-from vin.diffusion.flow import sample_ode, timestep_schedule
 from vin.models.vin import VINModel
 from vin.sampling.chunking import chunk_layout
-from vin.sampling.common import Conditioning, Progress, encode, guided_velocity, prompt_schedule, resolve_chunk_frames
-from vin.sampling.noise import video_noise
+from vin.sampling.common import (Conditioning, Progress, encode, guided_velocity, prompt_schedule,
+                                 resolve_chunk_frames, solve)
+from vin.sampling.noise import step_noise, video_noise
 
 
 @torch.no_grad()
@@ -45,7 +45,6 @@ def sample(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: 
     h, w = frame_size
     noise = video_noise(cfg.seed, len(captions), model.cfg.channels, cfg.frames, h, w, device)
     out = torch.zeros_like(noise)
-    schedule = timestep_schedule(cfg.steps, cfg.shift)
     done = 0  # frames [0, done) are known
 
     def call(xs: Tensor, tt: Tensor, text, z: Tensor | None) -> Tensor:
@@ -71,7 +70,9 @@ def sample(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: 
             if progress is not None:
                 progress(k * cfg.steps + i, t)
 
-        chunk = sample_ode(velocity, eps.clone(), schedule, cfg.solver, step)
+        # a stochastic solver's fresh noise for frames s..e (the context frames' part goes unused)
+        fresh = step_noise(cfg.seed, len(captions), model.cfg.channels, range(s, e), h, w, device)
+        chunk = solve(velocity, eps.clone(), cfg, step, fresh)
         out[:, :, s + ctx:e] = chunk[:, :, ctx:]
         done = e
     return out

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from vin.config import SampleConfig
-from vin.diffusion.flow import guided
+from vin.diffusion.flow import StepNoise, guided, sample_ode, timestep_schedule
 from vin.models.text import TextEmbedding
 from vin.models.vin import VINModel
 
@@ -29,10 +29,17 @@ ModelCall = Callable[[Tensor, Tensor, TextEmbedding, "Tensor | None"], Tensor]
 ReadFn = Callable[[Tensor, Tensor, TextEmbedding], "Tensor | None"]
 
 
+def solve(velocity: Callable[[Tensor, float], Tensor], x: Tensor, cfg: SampleConfig,
+          progress: Progress | None, noise: StepNoise) -> Tensor:
+    """`sample_ode` along cfg's schedule with cfg's solver; `noise(i)` (drawn only by a stochastic
+    solver, `--solver ddim --eta`) is the fresh noise of step i for the frames of x."""
+    return sample_ode(velocity, x, timestep_schedule(cfg.steps, cfg.shift), cfg.solver, progress,
+                      cfg.eta, noise if cfg.eta else None)
 
 
 class AttentionLimitError(ValueError):
     """A whole-video strategy's attention would exceed `SampleConfig.attention_limit_gb`."""
+
 
 def resolve_chunk_frames(model: VINModel, cfg: SampleConfig) -> int:
     """The chunk window F of this run (cfg.chunk_frames, 0: the model's), checked against the patch."""

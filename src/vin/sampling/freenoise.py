@@ -25,11 +25,10 @@ import torch
 from torch import Tensor
 
 from vin.config import SampleConfig
-from vin.diffusion.flow import sample_ode, timestep_schedule
 from vin.models.vin import VINModel
 from vin.sampling.chunking import Layout, chunk_layout, merge_chunks
-from vin.sampling.common import Progress, encode, resolve_chunk_frames
-from vin.sampling.noise import video_noise
+from vin.sampling.common import Progress, encode, resolve_chunk_frames, solve
+from vin.sampling.noise import step_noise, video_noise
 from vin.sampling.vin_parallel import chunk_velocity
 
 
@@ -87,4 +86,4 @@ def sample(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: 
     def velocity(x: Tensor, t: float) -> Tensor:
         return merge_chunks(chunk_velocity(model, x, t, layout, cond, cfg), layout, weights)
 
-    return sample_ode(velocity, x, timestep_schedule(cfg.steps, cfg.shift), cfg.solver, progress)
+    return solve(velocity, x, cfg, progress, step_noise(cfg.seed, len(captions), model.cfg.channels, cfg.frames, h, w, device))

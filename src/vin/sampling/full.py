@@ -21,11 +21,10 @@ import torch
 from torch import Tensor
 
 from vin.config import SampleConfig
-from vin.diffusion.flow import sample_ode, timestep_schedule
 from vin.models.vin import VINModel
 from vin.sampling.common import (Progress, check_attention_memory, encode, guided_velocity, resolve_chunk_frames,
-                                 video_positions)
-from vin.sampling.noise import video_noise
+                                 solve, video_positions)
+from vin.sampling.noise import step_noise, video_noise
 
 
 def whole_video_setup(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: tuple[int, int],
@@ -54,4 +53,4 @@ def sample(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: 
     def velocity(x: Tensor, t: float) -> Tensor:
         return guided_velocity(model, x, t, cond, cfg, call)
 
-    return sample_ode(velocity, x, timestep_schedule(cfg.steps, cfg.shift), cfg.solver, progress)
+    return solve(velocity, x, cfg, progress, step_noise(cfg.seed, len(captions), model.cfg.channels, cfg.frames, h, w, device))

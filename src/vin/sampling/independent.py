@@ -19,11 +19,10 @@ import torch
 from torch import Tensor
 
 from vin.config import SampleConfig
-from vin.diffusion.flow import sample_ode, timestep_schedule
 from vin.models.vin import VINModel
 from vin.sampling.chunking import chunk_layout, fusion_weights, merge_chunks, split_chunks
-from vin.sampling.common import Conditioning, Progress, encode, guided_velocity, resolve_chunk_frames
-from vin.sampling.noise import video_noise
+from vin.sampling.common import Conditioning, Progress, encode, guided_velocity, resolve_chunk_frames, solve
+from vin.sampling.noise import step_noise, video_noise
 
 
 def chunk_velocity(model: VINModel, chunks: Tensor, t: float, cond: Conditioning, cfg: SampleConfig) -> Tensor:
@@ -43,6 +42,7 @@ def sample(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: 
     cond = encode(model, captions, cfg, len(layout), "independent")
     h, w = frame_size
     x = split_chunks(video_noise(cfg.seed, len(captions), model.cfg.channels, cfg.frames, h, w, device), layout)
-    chunks = sample_ode(lambda x, t: chunk_velocity(model, x, t, cond, cfg), x,
-                        timestep_schedule(cfg.steps, cfg.shift), cfg.solver, progress)
+    noise = step_noise(cfg.seed, len(captions), model.cfg.channels, cfg.frames, h, w, device)
+    chunks = solve(lambda x, t: chunk_velocity(model, x, t, cond, cfg), x, cfg, progress,
+                   lambda i: split_chunks(noise(i), layout))
     return merge_chunks(chunks, layout, fusion_weights(layout, cfg.frames, "owner").to(device))

@@ -38,12 +38,11 @@ import torch.nn.functional as F_
 from torch import Tensor
 
 from vin.config import SampleConfig
-from vin.diffusion.flow import sample_ode, timestep_schedule
 from vin.models.layers import AttendFn
 from vin.models.vin import VINModel
-from vin.sampling.common import Progress, encode, guided_velocity, resolve_chunk_frames
+from vin.sampling.common import Progress, encode, guided_velocity, resolve_chunk_frames, solve
 from vin.sampling.full import whole_video_setup
-from vin.sampling.noise import video_noise
+from vin.sampling.noise import step_noise, video_noise
 
 
 def band_mask(frames: int, window: int) -> Tensor:
@@ -106,4 +105,4 @@ def sample(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: 
     def velocity(x: Tensor, t: float) -> Tensor:
         return guided_velocity(model, x, t, cond, cfg, call)
 
-    return sample_ode(velocity, x, timestep_schedule(cfg.steps, cfg.shift), cfg.solver, progress)
+    return solve(velocity, x, cfg, progress, step_noise(cfg.seed, len(captions), mc.channels, cfg.frames, h, w, device))

@@ -15,11 +15,10 @@ import torch
 from torch import Tensor
 
 from vin.config import SampleConfig
-from vin.diffusion.flow import sample_ode, timestep_schedule
 from vin.models.vin import VINModel
 from vin.sampling.chunking import Layout, chunk_layout, fusion_weights, merge_chunks, split_chunks
-from vin.sampling.common import Conditioning, Progress, ReadFn, encode, guided_velocity, resolve_chunk_frames
-from vin.sampling.noise import video_noise
+from vin.sampling.common import Conditioning, Progress, ReadFn, encode, guided_velocity, resolve_chunk_frames, solve
+from vin.sampling.noise import step_noise, video_noise
 
 
 def fusion_active(t: float, mode: str, span: float) -> bool:
@@ -69,7 +68,7 @@ def sample(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: 
         mode = "crossfade" if fusion_active(t, cfg.fusion, cfg.fusion_span) else "owner"
         return merge_chunks(v, layout, weights[mode])
 
-    return sample_ode(velocity, x, timestep_schedule(cfg.steps, cfg.shift), cfg.solver, progress)
+    return solve(velocity, x, cfg, progress, step_noise(cfg.seed, len(captions), model.cfg.channels, cfg.frames, h, w, device))
 
 
 def sample_vin(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: tuple[int, int],
