@@ -1,4 +1,4 @@
-"""The figure script of docs/RESULTS.md's phase-7 section, scripts/denoise_grid.py, on a tiny trained model."""
+"""The scripts of docs/RESULTS.md (denoise_grid, the GPU scripts, overfit_probe, average_weights) on a tiny trained model."""
 
 from __future__ import annotations
 
@@ -193,3 +193,34 @@ def test_the_gpu_scripts_need_no_video_io(weights, tmp_path):
     assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "-c", "import av"], env=env, capture_output=True, text=True)
     assert r.returncode != 0  # the block works
+
+
+def test_average_weights_is_the_mean_and_refuses_another_model(weights, tmp_path, capsys, monkeypatch):
+    """scripts/average_weights.py: two files whose weights differ by a known offset average to the
+    midpoint, parameter by parameter; a file of another model is refused in one line, nothing written."""
+    from vin.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+    from vin.training.trainer import build_model
+
+    cfg = checkpoint_config(weights)
+    a = build_model(cfg)
+    load_checkpoint(weights, a, weights="ema")
+    b = build_model(cfg)
+    b.load_state_dict({k: v + 0.5 + 0.01 * torch.arange(v.numel()).reshape(v.shape) for k, v in a.state_dict().items()})
+    other = save_checkpoint(tmp_path / "b.safetensors", cfg, b, step=7)
+    script = _import_script("average_weights")
+    out = tmp_path / "avg.safetensors"
+    monkeypatch.setattr(sys, "argv", ["average_weights.py", str(weights), str(other), "--out", str(out)])
+    assert script.main() == 0
+    got = build_model(cfg)
+    assert load_checkpoint(out, got, weights="ema") == 7  # the last input's step
+    for k, v in got.state_dict().items():
+        torch.testing.assert_close(v, (a.state_dict()[k] + b.state_dict()[k]) / 2, rtol=0, atol=1e-6)
+
+    wider = load_config(REPO / "configs" / "vin-xs.yaml", TINY + ["model.dit.depth=1"])
+    foreign = save_checkpoint(tmp_path / "wider.safetensors", wider, build_model(wider))
+    bad = tmp_path / "bad.safetensors"
+    monkeypatch.setattr(sys, "argv", ["average_weights.py", str(weights), str(foreign), "--out", str(bad)])
+    capsys.readouterr()
+    assert script.main() == 2
+    err = capsys.readouterr().err.strip()
+    assert "another model" in err and len(err.splitlines()) == 1 and not bad.exists()
