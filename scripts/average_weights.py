@@ -18,10 +18,11 @@ import sys
 import torch
 
 from vin.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, save_checkpoint
+from vin.config import Config
 from vin.training.trainer import build_model
 
 
-def average(paths: list[str], weights: str = "ema") -> tuple[torch.nn.Module, object, int]:
+def average(paths: list[str], weights: str = "ema") -> tuple[torch.nn.Module, Config, int]:
     """-> (model holding the average, the last input's config, its step). Sums in float64."""
     if not paths:
         raise CheckpointError("no checkpoints to average")

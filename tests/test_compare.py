@@ -132,6 +132,17 @@ def test_refused_runs_are_recorded_not_fatal(tiny_checkpoint, tmp_path, capsys):
     assert "| full | refused |" in md  # the video grid
 
 
+def test_compare_records_a_stochastic_solver(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "r"
+    rc = main(["compare", "--checkpoint", str(tiny_checkpoint), "--strategies", "vin", "--frames", "8", "--steps", "2",
+               "--overlap", "2", "--solver", "ddim", "--eta", "1", "--out", str(out), "--quiet"])
+    capsys.readouterr()
+    assert rc == 0
+    sample = json.loads((out / "results.json").read_text())["sample"]
+    assert (sample["solver"], sample["eta"]) == ("ddim", 1.0)
+    assert "ddim (eta 1), 2 steps" in (out / "report.md").read_text()
+
+
 def test_an_interrupted_comparison_keeps_its_finished_runs(tiny_checkpoint, tmp_path, monkeypatch):
     """results.json is rewritten after every run: a crash in the third run leaves the first two."""
     import vin.eval.evaluate as evaluate

@@ -251,6 +251,7 @@ def test_configs_are_frozen():
         (["sample.solver=rk4"], ["sample.solver", "rk4"]),
         (["sample.eta=1.5", "sample.solver=ddim"], ["sample.eta", "1.5"]),
         (["sample.eta=0.5"], ["sample.eta", "sample.solver=ddim", "euler"]),
+        (["sample.seed=-1"], ["sample.seed", "-1"]),  # numpy's SeedSequence takes [0, 2**32) words
         (["sample.steps=0"], ["sample.steps"]),
         (["sample.fusion_span=1.5"], ["fusion_span"]),
         (["train.context_frames=8"], ["context_frames", "8"]),  # == chunk_frames

@@ -36,7 +36,7 @@ CAPTIONS = ["a red ball bouncing", "two blue squares"]
 SCHEDULE = ["a red ball bouncing; two blue squares; a green tree", "one white cat"]
 CASES = {  # name -> (sample config, captions); 16 frames / overlap 4 = 3 chunks (odd), fusion early then owner
     "3 chunks, fusion": (SampleConfig(frames=16, chunk_frames=8, overlap=4, steps=3, seed=1), CAPTIONS),
-    "heun, cfg, 5 chunks": (SampleConfig(frames=23, chunk_frames=8, overlap=5, steps=2, solver="heun",
+    "heun, cfg, 6 chunks": (SampleConfig(frames=23, chunk_frames=8, overlap=5, steps=2, solver="heun",
                                          cfg=2.0, fusion="always", seed=2), CAPTIONS),
     "1 chunk (rank 1 idle)": (SampleConfig(frames=8, chunk_frames=8, overlap=4, steps=2, cfg=1.5,
                                            cfg_global="shared", seed=3), CAPTIONS),
@@ -48,7 +48,7 @@ CASES = {  # name -> (sample config, captions); 16 frames / overlap 4 = 3 chunks
     "global tokens none": (SampleConfig(frames=16, chunk_frames=8, overlap=4, steps=2, global_tokens="none",
                                         seed=6), CAPTIONS),
     # a stochastic solver: each rank draws the fresh noise of its own frames only
-    "ddim, eta 1, 5 chunks": (SampleConfig(frames=23, chunk_frames=8, overlap=5, steps=3, solver="ddim", eta=1.0,
+    "ddim, eta 1, 6 chunks": (SampleConfig(frames=23, chunk_frames=8, overlap=5, steps=3, solver="ddim", eta=1.0,
                                            seed=7), CAPTIONS),
 }
 BYTES_LENGTHS = (16, 28)  # both n*(F-K)+K: every overlap exactly K=4 frames

@@ -223,6 +223,27 @@ def test_ddim_step_tends_to_euler_as_eta_vanishes(t, frac, seed):
     torch.testing.assert_close(ddim_step(x, v, t, s, 1e-9, z), x + (s - t) * v, rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("t, s", [(1.0, 0.8), (0.8, 0.5), (0.3, 0.29), (0.5, 0.02)])
+def test_ancestral_step_is_the_ddpm_posterior(t, s):
+    """eta = 1 is Ho et al.'s posterior q(x_s | x_t, x0) written in alpha = 1 - t, sigma = t:
+    mean a_ts sigma_s^2 / sigma_t^2 x_t + alpha_s sigma_ts^2 / sigma_t^2 x0 and variance
+    sigma_ts^2 sigma_s^2 / sigma_t^2, with a_ts = alpha_t / alpha_s, sigma_ts^2 = sigma_t^2 - a_ts^2 sigma_s^2;
+    eta scales its standard deviation. A point mass at c gives the exact x0 = c from v = (x - c) / t."""
+    c, x = torch.tensor([0.7, -0.2], dtype=torch.float64), torch.tensor([0.1, 1.3], dtype=torch.float64)
+    v = (x - c) / t
+    a_t, a_s, a_ts = 1 - t, 1 - s, (1 - t) / (1 - s)
+    var_ts = t**2 - a_ts**2 * s**2
+    mean = a_ts * s**2 / t**2 * x + a_s * var_ts / t**2 * c
+    sd = math.sqrt(var_ts * s**2 / t**2)
+    zero, one = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    torch.testing.assert_close(ddim_step(x, v, t, s, 1.0, zero), mean, rtol=0, atol=1e-12)
+    for eta in (1.0, 0.5):
+        step = ddim_step(x, v, t, s, eta, one) - ddim_step(x, v, t, s, eta, zero)
+        torch.testing.assert_close(step, torch.full((2,), eta * sd, dtype=torch.float64), rtol=0, atol=1e-12)
+    if t == 1.0:  # from pure noise, eta 1 keeps nothing of x: only x0 and the fresh noise
+        torch.testing.assert_close(ddim_step(x + 5, (x + 5 - c) / t, t, s, 1.0, zero), (1 - s) * c, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("eta", [0.3, 1.0])
 def test_ancestral_step_keeps_the_marginal_of_a_point_mass(eta):
     """Data = one point c, whose exact velocity is (x - c) / t: from x_t ~ (1 - t) c + t N(0, 1), a

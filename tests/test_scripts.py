@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -216,8 +217,18 @@ def test_average_weights_is_the_mean_and_refuses_another_model(weights, tmp_path
     for k, v in got.state_dict().items():
         torch.testing.assert_close(v, (a.state_dict()[k] + b.state_dict()[k]) / 2, rtol=0, atol=1e-6)
 
-    wider = load_config(REPO / "configs" / "vin-xs.yaml", TINY + ["model.dit.depth=1"])
-    foreign = save_checkpoint(tmp_path / "wider.safetensors", wider, build_model(wider))
+    # training checkpoints hold both copies: --weights picks which one is averaged
+    first = save_checkpoint(tmp_path / "t1.safetensors", cfg, a, ema=b, step=1)
+    second = save_checkpoint(tmp_path / "t2.safetensors", cfg, a, ema=copy.deepcopy(a), step=2)
+    for which, want in (("ema", lambda k: (a.state_dict()[k] + b.state_dict()[k]) / 2), ("model", lambda k: a.state_dict()[k])):
+        monkeypatch.setattr(sys, "argv", ["average_weights.py", str(first), str(second), "--out", str(out), "--weights", which])
+        assert script.main() == 0
+        assert load_checkpoint(out, got, weights="ema") == 2
+        for k, v in got.state_dict().items():
+            torch.testing.assert_close(v, want(k), rtol=0, atol=1e-6)
+
+    shallower = load_config(REPO / "configs" / "vin-xs.yaml", TINY + ["model.dit.depth=1"])
+    foreign = save_checkpoint(tmp_path / "shallower.safetensors", shallower, build_model(shallower))
     bad = tmp_path / "bad.safetensors"
     monkeypatch.setattr(sys, "argv", ["average_weights.py", str(weights), str(foreign), "--out", str(bad)])
     capsys.readouterr()

@@ -127,6 +127,14 @@ def test_vin_without_global_tokens_is_independent(model):
     assert min((read - got).abs().max(), (zeros - got).abs().max(), (zeros - read).abs().max()) > 1e-3
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_autoregressive_without_context_is_independent(model, eta):
+    """Windows that share no frame and no global tokens: each autoregressive chunk is its own chain
+    from its own frames' noise, as in independent (eta 1: the step noise of the same frames)."""
+    cfg = sc(frames=24, overlap=0, global_tokens="none", cfg=2.0, steps=3, solver="ddim", eta=eta)
+    close(autoregressive.sample(model, CAPTIONS, cfg, (H, W)), independent.sample(model, CAPTIONS, cfg, (H, W)), 1e-6)
+
+
 def test_independent_ignores_global_tokens(model, monkeypatch):
     monkeypatch.setattr(model, "read", lambda *a, **k: pytest.fail("independent must not read"))
     a = independent.sample(model, CAPTIONS, sc(global_tokens="read"), (H, W))
@@ -193,6 +201,13 @@ def test_freenoise_noise_structure():
     assert not torch.equal(source[:, 8:16], source[:, :8])  # it was shuffled
     assert not torch.equal(source[0], source[1])  # per video
     assert torch.equal(freenoise.freenoise_noise(3, 1, 3, 30, 8, 3, H, W)[0], noise[:1])  # batch-independent
+    # a stochastic solver's step noise is rescheduled the same way: fresh, but the same pattern
+    fresh, same = freenoise.freenoise_noise(3, 2, 3, 30, 8, 3, H, W, step=4)
+    assert torch.equal(same, source)
+    step_base = video_noise(3, 2, 3, 8, H, W, step=4)
+    assert not torch.equal(step_base, base)
+    for b in range(2):
+        assert torch.equal(fresh[b], step_base[b][:, source[b]])
 
 
 def test_freenoise_starts_from_that_noise_and_averages(model, monkeypatch):

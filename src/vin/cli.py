@@ -157,7 +157,7 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> int:
 
     prompts = args.prompt or [DEFAULT_PROMPT]
     sample = SampleConfig(frames=args.frames[0], chunk_frames=args.chunk_frames, overlap=args.overlap,
-                          steps=args.steps, seed=args.seed, solver=args.solver, cfg=args.cfg,
+                          steps=args.steps, seed=args.seed, solver=args.solver, eta=args.eta, cfg=args.cfg,
                           attention_limit_gb=args.attention_limit_gb)
     record: dict = {}
     if args.strategies:
@@ -227,8 +227,8 @@ def _compare(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError("--frames and --steps must be positive")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
-    base = SampleConfig(chunk_frames=args.chunk_frames, overlap=args.overlap, steps=args.steps, cfg=args.cfg,
-                        attention_limit_gb=args.attention_limit_gb)
+    base = SampleConfig(chunk_frames=args.chunk_frames, overlap=args.overlap, steps=args.steps, solver=args.solver,
+                        eta=args.eta, cfg=args.cfg, attention_limit_gb=args.attention_limit_gb)
     prompts = args.prompt or [DEFAULT_PROMPT]
     _warn_unseen_words(prompts)
     run_comparison(methods, sorted(set(args.frames)), list(dict.fromkeys(args.seeds)), prompts, base, args.out,
@@ -302,6 +302,13 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _solver_args(p: argparse.ArgumentParser, d: SampleConfig) -> None:
+    p.add_argument("--solver", choices=SOLVERS, default=d.solver,
+                   help="euler, heun (2nd order, 2 calls per step) or ddim (with --eta: stochastic)")
+    p.add_argument("--eta", type=float, default=d.eta,
+                   help="ddim: 0 deterministic (= euler), 1 ancestral sampling (fresh noise each step)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vin", description="Long video generation with Video Interface Networks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -327,10 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-frames", type=int, default=0, help="chunk window (default: the model's)")
     p.add_argument("--overlap", type=int, default=d.overlap, help=f"frames shared by neighbouring chunks (default {d.overlap})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"solver steps (default {d.steps})")
-    p.add_argument("--solver", choices=SOLVERS, default=d.solver,
-                   help="euler, heun (2nd order, 2 calls per step) or ddim (with --eta: stochastic)")
-    p.add_argument("--eta", type=float, default=d.eta,
-                   help="ddim: 0 deterministic (= euler), 1 ancestral sampling (fresh noise each step)")
+    _solver_args(p, d)
     p.add_argument("--shift", type=float, default=d.shift, help="timestep shift (>1: more steps at high noise)")
     p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--cfg-global", choices=("recompute", "shared"), default=d.cfg_global,
@@ -381,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-frames", type=int, default=0)
     p.add_argument("--overlap", type=int, default=d.overlap)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--solver", choices=SOLVERS, default=d.solver)
+    _solver_args(p, d)
     p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--attention-limit-gb", type=float, default=d.attention_limit_gb,
                    help="full/spectral: larger attention is reported as refused")
@@ -422,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, nargs="+", default=[32, 64], help="video lengths (default 32 64)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
     p.add_argument("--steps", type=int, default=d.steps, help=f"solver steps (default {d.steps})")
+    _solver_args(p, d)
     p.add_argument("--chunk-frames", type=int, default=0, help="chunk window (default: the model's)")
     p.add_argument("--overlap", type=int, default=d.overlap)
     p.add_argument("--cfg", type=float, default=d.cfg, help="classifier-free guidance scale (1 = off)")

@@ -265,6 +265,7 @@ class SampleConfig:
         _check(self.fusion in FUSION_MODES, f"sample.fusion must be one of {', '.join(FUSION_MODES)}, got {self.fusion!r}")
         _check(self.cfg_global in ("recompute", "shared"), f"sample.cfg_global must be recompute or shared, got {self.cfg_global!r}")
         _check(self.steps >= 1, f"sample.steps must be >= 1, got {self.steps}")
+        _check(0 <= self.seed < 2**32, f"sample.seed must be in [0, 2**32), got {self.seed}")
         _check(0.0 <= self.fusion_span <= 1.0, f"sample.fusion_span must be in [0, 1], got {self.fusion_span}")
         _check(self.shift > 0, f"sample.shift must be > 0, got {self.shift}")
         _check(self.strategy in STRATEGIES, f"sample.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")

@@ -66,7 +66,8 @@ def ddim_step(x: Tensor, v: Tensor, t: float, t_next: float, eta: float = 0.0, z
     q(x_next | x, x0) (ancestral sampling): mean (1 - s) x0 + sqrt(s^2 - var) eps and variance
     var = s^2 (1 - ((1 - t) s / ((1 - s) t))^2) for s = t_next; eta in between scales its standard
     deviation (Song et al. 2021, with alpha = 1 - t, sigma = t). `z`: standard normal like x,
-    needed when eta > 0 and t_next > 0. The last step (t_next = 0) always lands on x0.
+    needed when eta > 0 and t_next > 0. The last step (t_next = 0) is the Euler step to x - t v, the
+    x0 that v implies (below `model.prediction_t_min` not the DiT's raw estimate: see VINModel).
     """
     if eta == 0.0 or t_next <= 0.0:
         return x + (t_next - t) * v

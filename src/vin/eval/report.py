@@ -275,7 +275,7 @@ def _settings(results: dict) -> list[tuple[str, str]]:
 
 
 def _eta(sample: dict) -> str:
-    """" (eta 1)" for a stochastic ddim run; older results have no eta."""
+    """The " (eta 1)" of a stochastic ddim run; results written before eta have none."""
     return f" (eta {sample['eta']:g})" if sample.get("eta") else ""
 
 

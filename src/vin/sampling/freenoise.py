@@ -6,7 +6,8 @@
    locally shuffled (a seeded permutation per video and block). Every frame's noise is therefore
    one of the first window's frames, and each block is a permutation of the block F frames
    earlier (FreeNoise's "window-wise shuffle"), so the video starts from long-range correlated
-   noise instead of independent noise.
+   noise instead of independent noise. A stochastic solver (`--solver ddim --eta`) re-noises with
+   fresh noise rescheduled by the same permutations, so the correlation survives its steps.
 2. Overlapping windows (`chunk_layout(N, F, overlap)`) are denoised in parallel at every step and
    the overlapping predictions are averaged with per-frame weights: cfg.freenoise_weights "flat"
    (plain mean) or "pyramid" (window weights 1, 2, ..., F/2, ..., 2, 1, as diffusers' FreeNoise),
@@ -28,7 +29,7 @@ from vin.config import SampleConfig
 from vin.models.vin import VINModel
 from vin.sampling.chunking import Layout, chunk_layout, merge_chunks
 from vin.sampling.common import Progress, encode, resolve_chunk_frames, solve
-from vin.sampling.noise import step_noise, video_noise
+from vin.sampling.noise import video_noise
 from vin.sampling.vin_parallel import chunk_velocity
 
 
@@ -38,12 +39,15 @@ def shuffle_seed(seed: int, video: int, block_start: int) -> int:
 
 
 def freenoise_noise(seed: int, batch: int, channels: int, frames: int, window: int, stride: int,
-                    height: int, width: int, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+                    height: int, width: int, device: str | torch.device = "cpu",
+                    step: int | None = None) -> tuple[Tensor, Tensor]:
     """FreeNoise's rescheduled initial noise -> (noise (B, C, N, H, W), source (B, N) int64) where
-    source[b, f] is the frame of the first window whose noise frame f carries."""
+    source[b, f] is the frame of the first window whose noise frame f carries. With `step`, a
+    stochastic solver's fresh noise of that step, rescheduled with the same permutations (so the
+    video keeps FreeNoise's correlation across windows while the solver re-noises it)."""
     if stride < 1:
         raise ValueError(f"FreeNoise needs a window stride >= 1, got {stride}")
-    base = video_noise(seed, batch, channels, min(window, frames), height, width)
+    base = video_noise(seed, batch, channels, min(window, frames), height, width, step=step)
     source = torch.zeros(batch, frames, dtype=torch.long)
     source[:, :window] = torch.arange(min(window, frames))
     for b in range(batch):
@@ -81,9 +85,10 @@ def sample(model: VINModel, captions: list[str], cfg: SampleConfig, frame_size: 
     weights = window_weights(layout, cfg.frames, cfg.freenoise_weights).to(device)
     cond = encode(model, captions, cfg, len(layout), "freenoise")
     h, w = frame_size
-    x, _ = freenoise_noise(cfg.seed, len(captions), model.cfg.channels, cfg.frames, F, F - cfg.overlap, h, w, device)
+    args = (cfg.seed, len(captions), model.cfg.channels, cfg.frames, F, F - cfg.overlap, h, w, device)
+    x, _ = freenoise_noise(*args)
 
     def velocity(x: Tensor, t: float) -> Tensor:
         return merge_chunks(chunk_velocity(model, x, t, layout, cond, cfg), layout, weights)
 
-    return solve(velocity, x, cfg, progress, step_noise(cfg.seed, len(captions), model.cfg.channels, cfg.frames, h, w, device))
+    return solve(velocity, x, cfg, progress, lambda i: freenoise_noise(*args, step=i)[0])
