@@ -11,6 +11,7 @@ import inspect
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
@@ -18,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vin.config import SampleConfig, load_config
 from vin.models.dit import patchify, unpatchify
 from vin.models.interface import VideoInterface
-from vin.models.layers import merge_attention
+from vin.models.layers import attention_with_key_logits, merge_attention
 from vin.models.vin import VINModel
 from vin.sampling import vin_parallel
 from vin.sampling.chunking import chunk_layout, split_chunks
@@ -269,6 +270,65 @@ def test_gate_gradient_is_the_log_weight_derivative():
                 down = loss().item()
                 gates[block, head] = -1.0
                 assert (up - down) / (2 * delta) == pytest.approx(grad[block, head].item(), rel=0.05, abs=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_key_logits_folded_into_a_channel_equal_the_bias(masked):
+    """`attention_with_key_logits` (the gate as an extra q/k channel) is softmax attention with the
+    logits added to the mask: the same output and the same gradients, the logits' included, also
+    beside -inf padding."""
+    g = torch.Generator().manual_seed(0)
+    B, heads, L, d = 2, 3, 11, 8
+    q, k, v = (torch.randn(B, heads, L, d, generator=g, requires_grad=True) for _ in range(3))
+    logits = (3 * torch.randn(heads, L, generator=g)).requires_grad_()
+    mask = torch.zeros(B, 1, 1, L)
+    if masked:
+        mask[1, ..., -3:] = float("-inf")
+    weight = torch.randn(B, heads, L, d, generator=g)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask + logits[None, :, None, :])
+    got = attention_with_key_logits(q, k, v, mask, logits)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    grads_want = torch.autograd.grad((want * weight).sum(), (q, k, v, logits))
+    grads_got = torch.autograd.grad((got * weight).sum(), (q, k, v, logits))
+    for a, b in zip(grads_got, grads_want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert grads_got[3].abs().min() > 0  # every logit gets a gradient
+
+
+def test_training_the_gates_takes_the_fused_kernel_with_the_same_numbers(monkeypatch):
+    """A VIN training step on the CPU: with the gates folded into a channel, SDPA runs its fused
+    (flash) kernel forward and backward instead of the math path a learned mask forces; the loss
+    and every gradient are those of the plain bias path."""
+    from torch.profiler import profile
+
+    from vin.models import layers
+    from vin.training.objective import training_loss
+
+    model = make_model("model.vin.inject=concat").train()
+    with torch.no_grad():
+        model.dit.gate_logits.copy_(torch.linspace(-3, 1, model.dit.gate_logits.numel()).reshape(model.dit.gate_logits.shape))
+    cfg = load_config(None, ["train.chunks=[2]", "train.context_frames=2"], preset="VIN-XS/4")
+    clip = video(14).clamp(-1, 1)
+
+    def step() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        loss, _ = training_loss(model, clip, CAPTIONS, cfg.train, torch.Generator().manual_seed(3))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    with profile() as prof:
+        loss, grads = step()
+    kernels = {e.key for e in prof.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in kernels
+    assert "aten::_scaled_dot_product_attention_math" not in kernels
+    monkeypatch.setattr(layers, "_fold_key_logits", lambda q, key_logits: False)
+    with profile() as prof:
+        loss_bias, grads_bias = step()
+    assert "aten::_scaled_dot_product_attention_math" in {e.key for e in prof.key_averages()}  # what it replaces
+    torch.testing.assert_close(loss, loss_bias, rtol=0, atol=1e-7)
+    assert grads.keys() == grads_bias.keys() and "dit.gate_logits" in grads
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_bias[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_linear_gate_checkpoint_loads_as_log_weights():

@@ -104,10 +104,8 @@ class ChunkDiT(nn.Module):
         z = self.global_proj(global_tokens) if use_global and self.inject == "cross" else None
 
         for i, block in enumerate(self.blocks):
-            bias = base_bias
-            if n_global:
-                bias = base_bias + self._gate_bias(i, text_len, n_global, seq.shape[1])
-            seq = block(seq, c, bias, attend)
+            gate = self._gate_logits(i, text_len, n_global, seq.shape[1]) if n_global else None
+            seq = block(seq, c, base_bias, attend, gate)
             if z is not None:
                 seq = seq + self.cross[i](seq, z)
         hidden = self.final.hidden(seq[:, -tokens.shape[1]:], c)
@@ -117,12 +115,12 @@ class ChunkDiT(nn.Module):
             out = self.refine(out, x, features, c)
         return out
 
-    def _gate_bias(self, block: int, start: int, n: int, length: int) -> Tensor:
-        """(1, heads, 1, length): the gate log-weight on the global-token keys of `block`, 0 elsewhere."""
+    def _gate_logits(self, block: int, start: int, n: int, length: int) -> Tensor:
+        """(heads, length): the gate log-weight on the global-token keys of `block`, 0 elsewhere."""
         s = self.gate_logits[block]
         col = torch.zeros(length, device=s.device)
         col[start:start + n] = 1.0
-        return (s[:, None] * col)[None, :, None, :]
+        return s[:, None] * col
 
 
 def upgrade_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:

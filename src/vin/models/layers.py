@@ -1,7 +1,8 @@
 """Shared transformer primitives: attention, MLP, adaLN modulation, embeddings.
 
-Attention takes an optional additive bias of shape broadcastable to (B, heads, Lq, Lk); the DiT
-uses it for caption padding and for the zero-initialised gate on the global tokens. It also takes an
+Attention takes an optional additive bias of shape broadcastable to (B, heads, Lq, Lk) (the DiT's
+caption padding) and optional per-head, per-key logits (the DiT's learned gate on the global
+tokens; folded into an extra channel where that keeps SDPA's fused kernel). It also takes an
 optional `attend` function that replaces softmax attention itself (same q, k, v, bias in, same
 output shape out): training-free strategies that change *how* tokens attend (spectral blending)
 plug in there without touching the parameters; `attend=None` is the plain path, unchanged.
@@ -103,15 +104,43 @@ class Attention(nn.Module):
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(self, x: Tensor, context: Tensor | None = None, bias: Tensor | None = None,
-                attend: AttendFn | None = None) -> Tensor:
+                attend: AttendFn | None = None, key_logits: Tensor | None = None) -> Tensor:
         """`attend(q, k, v, bias)` (q (B, H, Lq, d), k/v (B, H, Lk, d)) replaces softmax attention
-        when given; None is scaled-dot-product attention."""
+        when given; None is scaled-dot-product attention. `key_logits` (H, Lk): a logit added per
+        head and key (a learned one: the DiT's global-token gates), the same as adding it to `bias`."""
         q, k, v = self.qkv(x, context)
-        if attend is None:
+        if key_logits is not None and (attend is not None or not _fold_key_logits(q, key_logits)):
+            extra = key_logits[None, :, None, :]
+            bias, key_logits = (extra if bias is None else bias + extra), None
+        if key_logits is not None:
+            out = attention_with_key_logits(q, k, v, bias, key_logits)
+        elif attend is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
             out = attend(q, k, v, bias)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
+
+
+def _fold_key_logits(q: Tensor, key_logits: Tensor) -> bool:
+    """Whether to take `attention_with_key_logits`: when the logits need a gradient, on the CPU.
+    There an additive mask that needs a gradient sends SDPA to its unfused math path, forward and
+    backward, ~3x slower than the fused (flash) kernel for VIN-S's training attention (docs/RESULTS.md,
+    "Compute"); on a GPU, and without a gradient, the plain bias path is kept."""
+    return q.device.type == "cpu" and key_logits.requires_grad and torch.is_grad_enabled()
+
+
+def attention_with_key_logits(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_logits: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask + key_logits) v for key_logits (H, Lk), with the logits folded
+    into one extra channel (q gets sqrt(d), k gets key_logits, v zeros) so that the mask stays a
+    constant and the fused SDPA kernel can run with the logits' gradient flowing through k."""
+    d = q.shape[-1]
+    B, H, L, _ = k.shape
+    logits = key_logits.to(k.dtype)[None, :, :, None].expand(B, H, L, 1)
+    out = F.scaled_dot_product_attention(torch.cat([q, q.new_full((*q.shape[:-1], 1), math.sqrt(d))], -1),
+                                         torch.cat([k, logits], -1),
+                                         torch.cat([v, v.new_zeros(*v.shape[:-1], 1)], -1),
+                                         attn_mask=mask, scale=d ** -0.5)
+    return out[..., :d]
 
 
 def attention_with_lse(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -147,11 +176,14 @@ class AdaLNBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x: Tensor, c: Tensor, bias: Tensor | None = None, attend: AttendFn | None = None) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, bias: Tensor | None = None, attend: AttendFn | None = None,
+                key_logits: Tensor | None = None) -> Tensor:
         """x (B, L, D), c (B, D) conditioning, bias broadcastable to (B, heads, L, L); `attend`
-        optionally replaces the self-attention's softmax (see `Attention.forward`)."""
+        optionally replaces the self-attention's softmax, `key_logits` (heads, L) are added per
+        head and key (see `Attention.forward`)."""
         s1, sc1, g1, s2, sc2, g2 = self.ada(c).chunk(6, dim=-1)
-        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), s1, sc1), bias=bias, attend=attend)
+        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), s1, sc1), bias=bias, attend=attend,
+                                        key_logits=key_logits)
         return x + g2[:, None] * self.mlp(modulate(self.norm2(x), s2, sc2))
 
 
