@@ -102,7 +102,10 @@ def test_count_does_not_depend_on_grad(xs, monkeypatch):
         without = count(call)
     assert len(shapes) == xs.cfg.dit.depth  # frozen: the plain path
     extra = sum(2 * b * h * lq * lq * 2 for b, h, lq, _ in shapes)
-    assert with_grad["total"] - without["total"] == extra and without["total"] > 0
+    assert with_grad.keys() == without.keys() and without["total"] > 0
+    differ = {part: with_grad[part] - without[part] for part in with_grad if with_grad[part] != without[part]}
+    assert set(differ) <= {"total", "dit_attention", "attention"} and differ["total"] == extra, differ
+    assert sum(v for k, v in differ.items() if k != "total") == extra  # all of it in the one attention part
     assert all(p.requires_grad for p in xs.parameters())  # restored
 
 

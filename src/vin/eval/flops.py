@@ -247,7 +247,8 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
     FlopCounterMode's module tracker hooks every module input that requires grad; under the
     samplers' no_grad, a view of a parameter (the interface's `global_tokens[None].expand(...)`)
     requires grad but has no grad_fn, and the hook fails ("Expected gradient function to be set").
-    Frozen parameters change no FLOP (tested: the same count with grad enabled)."""
+    Frozen parameters change no FLOP but the global-token gates' extra attention channel, which
+    only trainable gates take (tested: the same count, part by part, with grad enabled)."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for p, _ in flags:

@@ -124,8 +124,8 @@ class Attention(nn.Module):
 def _fold_key_logits(q: Tensor, key_logits: Tensor) -> bool:
     """Whether to take `attention_with_key_logits`: when the logits need a gradient, on the CPU.
     There an additive mask that needs a gradient sends SDPA to its unfused math path, forward and
-    backward, ~3x slower than the fused (flash) kernel for VIN-S's training attention (docs/RESULTS.md,
-    "Compute"); on a GPU, and without a gradient, the plain bias path is kept."""
+    backward; the fused (flash) kernel makes a VIN-S training step 1.18x faster (docs/RESULTS.md,
+    "Compute"). On a GPU, and without a gradient, the plain bias path is kept."""
     return q.device.type == "cpu" and key_logits.requires_grad and torch.is_grad_enabled()
 
 
