@@ -272,26 +272,27 @@ def test_gate_gradient_is_the_log_weight_derivative():
                 assert (up - down) / (2 * delta) == pytest.approx(grad[block, head].item(), rel=0.05, abs=1e-5)
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_key_logits_folded_into_a_channel_equal_the_bias(masked):
+@pytest.mark.parametrize("masked, dtype", [(False, torch.float32), (True, torch.float32), (True, torch.bfloat16)])
+def test_key_logits_folded_into_a_channel_equal_the_bias(masked, dtype):
     """`attention_with_key_logits` (the gate as an extra q/k channel) is softmax attention with the
     logits added to the mask: the same output and the same gradients, the logits' included, also
-    beside -inf padding."""
+    beside -inf padding, and in bfloat16 (as under autocast) to bfloat16 rounding."""
     g = torch.Generator().manual_seed(0)
     B, heads, L, d = 2, 3, 11, 8
-    q, k, v = (torch.randn(B, heads, L, d, generator=g, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(B, heads, L, d, generator=g).to(dtype).requires_grad_() for _ in range(3))
     logits = (3 * torch.randn(heads, L, generator=g)).requires_grad_()
     mask = torch.zeros(B, 1, 1, L)
     if masked:
         mask[1, ..., -3:] = float("-inf")
-    weight = torch.randn(B, heads, L, d, generator=g)
-    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask + logits[None, :, None, :])
-    got = attention_with_key_logits(q, k, v, mask, logits)
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    weight = torch.randn(B, heads, L, d, generator=g).to(dtype)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=(mask + logits[None, :, None, :]).to(dtype))
+    got = attention_with_key_logits(q, k, v, mask.to(dtype), logits)
+    tol = 1e-6 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got, want, rtol=0, atol=tol)
     grads_want = torch.autograd.grad((want * weight).sum(), (q, k, v, logits))
     grads_got = torch.autograd.grad((got * weight).sum(), (q, k, v, logits))
     for a, b in zip(grads_got, grads_want):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=10 * tol)
     assert grads_got[3].abs().min() > 0  # every logit gets a gradient
 
 
