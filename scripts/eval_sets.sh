@@ -9,7 +9,8 @@
 # writes OUT_DIR/{named,unnamed}/s<seed>-<i>.mp4 (and s<seed>.json/.png per seed) and
 # OUT_DIR/{named,unnamed}/evaluation.json (the videos of this run only), and prints one markdown
 # row per set in the columns of the RESULTS table (mean ± std over the videos), then the share of
-# frames showing the sprite colours the caption names, against its chance level.
+# frames showing the sprite colours the caption names, against its chance level, and the sprite-shape
+# measures (vin.eval.shapes).
 # Environment: SEEDS ("0 1 2 3"), FRAMES (64), LABEL (the row's first cell), VIN, PYTHON.
 set -euo pipefail
 if [[ $# -lt 1 ]]; then
@@ -59,5 +60,6 @@ print(f"| {sys.argv[2]} ({m['identity_background']['n']} videos) | {sys.argv[3]}
 chance = json.load(open(sys.argv[1]))["summary"]["mismatched_captions"]["caption_sprites"]["mean"]
 if chance is not None:
     print(f"  caption sprites {cell('caption_sprites', False)} (chance: {chance:.2f}, on the videos of the other prompts)")
+print(f"  sprite shapes: IoU {cell('shape_iou')}, clean {cell('shape_clean', False)}, consistency {cell('shape_consistency', False)}")
 EOF
 done

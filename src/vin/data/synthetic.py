@@ -139,8 +139,9 @@ def sprite_centres(spec: VideoSpec, cfg: DataConfig, start: int, num_frames: int
     return out
 
 
-def _sdf(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
-    """Signed distance (pixels, negative inside) of a shape of half extent r; y points down."""
+def shape_sdf(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    """Signed distance (pixels, negative inside) of a shape of half extent r centred at dx = dy = 0;
+    y points down. `render` covers a pixel by clip(0.5 - sdf, 0, 1) of its centre."""
     if shape == "square":
         return np.maximum(np.abs(dx), np.abs(dy)) - r
     if shape == "circle":
@@ -179,7 +180,7 @@ def render(spec: VideoSpec, cfg: DataConfig, start: int, num_frames: int) -> np.
     for sp, c in zip(spec.sprites, centres):
         dx = xs[None, None, :] - c[:, 0, None, None]  # (F, 1, W)
         dy = ys[None, :, None] - c[:, 1, None, None]  # (F, H, 1)
-        cover = np.clip(0.5 - _sdf(sp.shape, dx, dy, _radius(sp, cfg)), 0.0, 1.0)
+        cover = np.clip(0.5 - shape_sdf(sp.shape, dx, dy, _radius(sp, cfg)), 0.0, 1.0)
         img += cover[..., None] * (PALETTE_RGB[sp.colour].astype(np.float32) - img)
     return np.rint(img).clip(0, 255).astype(np.uint8)
 

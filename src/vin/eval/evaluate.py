@@ -42,7 +42,7 @@ METRIC_NAMES = (
     "subject_consistency", "background_consistency", "seam_score", "seam_boundary_diff", "seam_inside_diff",
     "drift_last", "drift_mean", "drift_slope_per_frame",
     "identity_background", "identity_sprites", "identity_both", "identity_chunks", "identity_texture",
-    "caption_background", "caption_sprites", "caption_texture",
+    "caption_background", "caption_sprites", "caption_texture", "shape_iou", "shape_clean", "shape_consistency",
 )
 
 
@@ -115,7 +115,9 @@ def evaluate_frames(frames: np.ndarray, boundaries: Sequence[int] | None = None,
            "feature": feat.name, "fps": float(fps), "metrics": metrics,
            "curves": {**M.curves(f, fwd), "sim_to_first": dr["curve"]}, "scene_cut_frames": cuts}
     if synthetic:
+        from vin.data.synthetic import PALETTE_NAMES, nearest_palette
         from vin.eval.identity import caption_adherence, identity_consistency
+        from vin.eval.shapes import shape_quality
 
         # the frames are at the size to evaluate already (evaluate_paths undid the upscale): detecting
         # one again could mistake 4-px stripes for a 4x upscale and erase small sprites
@@ -125,9 +127,13 @@ def evaluate_frames(frames: np.ndarray, boundaries: Sequence[int] | None = None,
                        identity_texture=ident["frames_texture"])
         metrics.update(caption_adherence(ident, caption) if caption is not None
                        else {"caption_background": None, "caption_sprites": None, "caption_texture": None})
+        backgrounds = [PALETTE_NAMES.index(b) for b in ident["per_frame_background"]]
+        shapes = shape_quality(nearest_palette(f), backgrounds, ident["min_area"])
+        metrics.update({k: shapes[k] for k in ("shape_iou", "shape_clean", "shape_consistency")})
+        ident["per_frame_shapes"] = shapes["per_frame_shapes"]
         out["identity"] = ident
     else:
-        metrics.update({k: None for k in METRIC_NAMES if k.startswith(("identity_", "caption_"))})
+        metrics.update({k: None for k in METRIC_NAMES if k.startswith(("identity_", "caption_", "shape_"))})
     out["metrics"] = {k: metrics[k] for k in METRIC_NAMES}
     return _clean(out)
 
@@ -320,6 +326,7 @@ TABLE_COLUMNS = (  # (metric, header, format)
     ("subject_consistency", "subject", "{:.4f}"), ("background_consistency", "backgr", "{:.4f}"),
     ("seam_score", "seam", "{:.2f}"), ("drift_last", "drift", "{:.3f}"), ("identity_both", "ident", "{:.3f}"),
     ("identity_chunks", "id chunks", "{:.3f}"), ("caption_background", "cap bg", "{:.3f}"),
+    ("shape_iou", "shape", "{:.3f}"),
 )
 
 

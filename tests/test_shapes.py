@@ -1,0 +1,120 @@
+"""Known answers for the sprite-shape metrics (`vin.eval.shapes`): templates fit themselves
+exactly, rendered sprites are recognised, blobs are not clean, and a shape change is counted."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from vin.config import DataConfig
+from vin.data.synthetic import PALETTE_RGB, SHAPES, SIZES, SpriteSpec, VideoSpec, nearest_palette, render, sample_spec, shape_sdf
+from vin.eval.evaluate import evaluate_frames
+from vin.eval.identity import default_min_area
+from vin.eval.shapes import CLEAN_IOU, fit_region, frame_regions, shape_quality
+
+CFG = DataConfig()  # 32x32
+MIN_AREA = default_min_area(32, 32)
+
+
+def template(shape: str, size: str, cx: float, cy: float, n: int = 32) -> np.ndarray:
+    xs = np.arange(n, dtype=np.float32) + 0.5
+    return shape_sdf(shape, xs[None, :] - cx, xs[:, None] - cy, SIZES[size] / 2.0) <= 0
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("size", list(SIZES))
+def test_a_template_fits_itself_exactly(shape, size):
+    # centred on a half-pixel grid point, so one of the searched offsets is the true centre
+    for cx, cy in [(16.0, 16.0), (10.5, 20.0), (21.5, 11.5)]:
+        assert fit_region(template(shape, size, cx, cy)) == (shape, size, 1.0)
+
+
+def test_rendered_single_sprites_are_recognised_and_clean():
+    """One sprite per frame at random sub-pixel positions, through the palette mapping: the fitted
+    (shape, size) is right in nearly every frame (a 7-px square can look like a 7-px circle once its
+    blended corners map to other colours) and every fit is close."""
+    rng = np.random.default_rng(0)
+    cfg = replace(CFG, min_sprites=1, max_sprites=1)
+    right, ious = 0, []
+    for _ in range(60):
+        spec = sample_spec(rng, cfg)
+        sprite = spec.sprites[0]
+        frames = nearest_palette(render(spec, cfg, 0, 4))
+        for idx in frames:
+            regions = frame_regions(idx, spec.background, MIN_AREA)
+            assert [r.colour for r in regions] == [sprite.colour]
+            right += (regions[0].shape, regions[0].size) == (sprite.shape, sprite.size)
+            ious.append(regions[0].iou)
+    assert right / len(ious) >= 0.95
+    assert min(ious) >= 0.7 and np.mean(ious) >= 0.93
+    assert np.mean(np.array(ious) >= CLEAN_IOU) >= 0.95
+
+
+def test_a_blob_is_not_a_clean_sprite():
+    yy, xx = np.mgrid[:32, :32] + 0.5
+    blob = (xx - 16) ** 2 / 9.0**2 + (yy - 15) ** 2 / 5.0**2 <= 1  # an 18x10 ellipse: no template's outline
+    _, _, iou = fit_region(blob)
+    assert iou < CLEAN_IOU
+    two = template("circle", "small", 8.0, 8.0) | template("square", "small", 13.0, 8.0)  # two sprites merged
+    assert fit_region(two)[2] < CLEAN_IOU
+
+
+def test_rims_are_not_regions():
+    """A green sprite on white has a cyan anti-aliasing rim: one region, the green one."""
+    spec = VideoSpec(6, "plain", (SpriteSpec(1, "triangle", "large", 15.3, 16.7, 0.0, 0.0),))
+    idx = nearest_palette(render(spec, CFG, 0, 1))[0]
+    assert len(np.unique(idx)) > 2  # the rim is there
+    regions = frame_regions(idx, 6, MIN_AREA)
+    assert [(r.colour, r.shape, r.size) for r in regions] == [(1, "triangle", "large")]
+
+
+def test_shape_consistency_counts_a_change_of_shape():
+    bg = np.full((32, 32), 2)
+    circle = np.where(template("circle", "large", 16.0, 16.0), 0, bg)
+    square = np.where(template("square", "large", 16.0, 16.0), 0, bg)
+    small = np.where(template("diamond", "small", 8.0, 8.0), 3, bg)
+    both = np.where(template("diamond", "small", 8.0, 8.0), 3, circle)
+    frames = np.stack([circle] * 6 + [square] * 2)
+    q = shape_quality(frames, [2] * 8, MIN_AREA)
+    assert (q["shape_iou"], q["shape_clean"], q["shape_consistency"]) == (1.0, 1.0, 0.75)
+    assert q["per_frame_shapes"][7] == [["red", "square", "large", 1.0]]
+    # two colours pooled: red shown in 4 frames (3 circles, 1 square), yellow in 3 (always a diamond)
+    q = shape_quality(np.stack([both, both, circle, square, small]), [2] * 5, MIN_AREA)
+    assert q["shape_consistency"] == pytest.approx(6 / 7)
+    empty = shape_quality(np.stack([bg, bg]), [2, 2], MIN_AREA)
+    assert (empty["shape_iou"], empty["shape_clean"], empty["shape_consistency"]) == (None, None, None)
+
+
+def smear(frames: np.ndarray, background: int) -> np.ndarray:
+    """Every sprite stretched 6 px sideways (a grey dilation by a 1x7 line in palette-index space):
+    circles become stadiums, squares rectangles, no outline of the world."""
+    out = []
+    for idx in nearest_palette(frames):
+        painted = idx.copy()
+        for c in np.unique(idx):
+            if c != background:
+                grown = cv2.dilate((idx == c).astype(np.uint8), np.ones((1, 7), np.uint8)).astype(bool)
+                painted[grown & (painted == background)] = c
+        out.append(PALETTE_RGB[painted])
+    return np.stack(out)
+
+
+def test_the_rendered_world_scores_high_and_a_smeared_one_low():
+    """Whole videos of the world (occlusions included) against the same videos with every sprite
+    smeared sideways: the metric separates them."""
+    rng = np.random.default_rng(3)
+    clean, smeared = [], []
+    for _ in range(6):
+        spec = sample_spec(rng, CFG)
+        frames = render(spec, CFG, 0, 16)
+        clean.append(evaluate_frames(frames, [8])["metrics"])
+        smeared.append(evaluate_frames(smear(frames, spec.background), [8])["metrics"])
+    assert np.mean([m["shape_iou"] for m in clean]) >= 0.9
+    assert np.mean([m["shape_clean"] for m in clean]) >= 0.9
+    assert np.mean([m["shape_consistency"] for m in clean]) >= 0.9
+    assert np.mean([m["shape_iou"] for m in smeared]) < 0.8
+    assert np.mean([m["shape_clean"] for m in smeared]) < 0.5
+    assert evaluate_frames(frames, None, synthetic=False)["metrics"]["shape_iou"] is None
