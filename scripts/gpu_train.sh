@@ -22,7 +22,8 @@
 # /dev/shm has too little free for them: 1.7 GiB at the defaults), CKPT_EVERY (200), DEVICE (cuda),
 # BF16 (true), PYTHON (python3), RUNS (runs/gpu); and, for the tests, VIN_CONFIG / ABL_CONFIG,
 # VIN_INIT / ABL_INIT, EXTRA_ARGS (more --section.key=value for both runs), ABL_ARGS (for the
-# ablation only).
+# ablation only), MAX_STEPS (the step, counted on from the start files', at which a run also ends
+# before the time limit; none by default).
 # Needs only torch, numpy, einops, safetensors, pyyaml and tqdm (vin train and vin export import
 # nothing else), so it runs from src/ without installing vin.
 set -euo pipefail
@@ -72,7 +73,7 @@ if ! "$PYTHON" scripts/device_check.py --device "$DEVICE" --workers "$WORKERS" $
     exit 3
 fi
 
-common=(--device "$DEVICE" --quiet --train.steps=100000000 --train.batch_size="$BATCH" --train.lr="$LR"
+common=(--device "$DEVICE" --quiet --train.steps="${MAX_STEPS:-100000000}" --train.batch_size="$BATCH" --train.lr="$LR"
         --train.lr_decay=constant --train.decay_steps=0 --train.ema_decay=0.999 --train.threads=0
         --train.autocast_bf16="$BF16" --train.data_workers="$WORKERS" --train.ckpt_every="$CKPT_EVERY"
         --train.keep_checkpoints=100000 --train.log_every=25 ${extra[@]+"${extra[@]}"})

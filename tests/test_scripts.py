@@ -94,12 +94,15 @@ def _gpu_env(tmp_path: Path, vin: Path, ablation: Path, **extra: str) -> dict[st
 
 def test_gpu_script_trains_both_models_and_exports_them_at_one_step(weights, ablation_weights, tmp_path):
     """scripts/gpu_train.sh, run on the CPU with VIN-XS: the device check passes, both runs train
-    until the time limit, and both are exported at the same step, one they both saved."""
+    (here to a step cap, MAX_STEPS), and both are exported at the same step, one they both saved."""
     from vin.checkpoint import checkpoint_config, load_checkpoint
     from vin.training.trainer import build_model
 
-    env = _gpu_env(tmp_path, weights, ablation_weights)
-    r = subprocess.run(["bash", str(GPU_SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
+    # a step cap ends both runs long before the time limit, however loaded the machine is
+    start_step = load_checkpoint(weights, build_model(checkpoint_config(weights)), weights="ema")
+    assert start_step == load_checkpoint(ablation_weights, build_model(checkpoint_config(ablation_weights)), weights="ema")
+    env = _gpu_env(tmp_path, weights, ablation_weights, LIMIT_S="240", MAX_STEPS=str(start_step + 4))
+    r = subprocess.run(["bash", str(GPU_SCRIPT)], env=env, capture_output=True, text=True, timeout=420)
     assert r.returncode == 0, r.stdout + r.stderr
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["noglobal.jsonl", "noglobal.safetensors", "report.txt",
@@ -107,6 +110,7 @@ def test_gpu_script_trains_both_models_and_exports_them_at_one_step(weights, abl
     report = (out / "report.txt").read_text()
     assert "prediction, max |cpu - cpu| = 0.00e+00" in report and "data workers (1, pinned memory False): the same" in report
     exported = int(report.strip().splitlines()[-1].split()[-1])
+    assert exported == start_step + 4
     saved = []
     for name, has_interface, init in (("vin", True, weights), ("noglobal", False, ablation_weights)):
         cfg = checkpoint_config(out / f"{name}.safetensors")
