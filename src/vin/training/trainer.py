@@ -399,7 +399,8 @@ def _global_loss(loss: Tensor, share: float, ctx: "DistContext", stop: int = 0) 
     ranks), and whether any rank was asked to stop (`stop` != 0), in one all-reduce."""
     value = torch.stack([loss.detach().float() * share, torch.tensor(float(bool(stop)), device=loss.device)])
     torch.distributed.all_reduce(value, group=ctx.group)
-    return value[0].item(), bool(value[1].item())
+    total, stopping = value.tolist()  # one copy to the host
+    return total, bool(stopping)
 
 
 def _init_from(cfg: Config, model: nn.Module, ema: nn.Module | None) -> int:
