@@ -118,3 +118,32 @@ def test_the_rendered_world_scores_high_and_a_smeared_one_low():
     assert np.mean([m["shape_iou"] for m in smeared]) < 0.8
     assert np.mean([m["shape_clean"] for m in smeared]) < 0.5
     assert evaluate_frames(frames, None, synthetic=False)["metrics"]["shape_iou"] is None
+
+
+def test_a_region_wider_than_the_search_window_is_scored_whole():
+    """The fit looks at a window around the region's centre; pixels of the region outside it still
+    count in the union. An 11x30 bar: the best template is the large square, which at the bar's
+    centre (x on a pixel edge, y on a pixel centre) takes 12 x 11 pixels, all of them in the bar:
+    IoU 132 / 330 (a window-cropped union would give 132 / 187)."""
+    bar = np.zeros((32, 32), dtype=bool)
+    bar[10:21, 1:31] = True
+    shape, size, iou = fit_region(bar)
+    assert (shape, size) == ("square", "large") and iou == pytest.approx(132 / 330)
+
+
+def test_a_sprite_cut_by_the_border_is_not_clean():
+    """Template pixels off the frame count in the union: half a large circle is not a clean sprite."""
+    half = template("circle", "large", 0.0, 16.0)
+    assert half.sum() > 0 and fit_region(half)[2] < CLEAN_IOU
+    assert fit_region(template("circle", "large", 6.0, 16.0)) == ("circle", "large", 1.0)  # inside, touching the edge
+
+
+@pytest.mark.parametrize("n", [64, 48])
+def test_templates_scale_with_the_frame(n):
+    """At 64x64 (and 48x48) sprites are 2x (1.5x) as large: the templates scale with them."""
+    scale = n / 32
+    for shape in SHAPES:
+        for size, px in SIZES.items():
+            xs = np.arange(n, dtype=np.float32) + 0.5
+            mask = shape_sdf(shape, xs[None, :] - n / 2, xs[:, None] - n / 2, px * scale / 2) <= 0
+            assert fit_region(mask) == (shape, size, 1.0)
