@@ -18,9 +18,10 @@ Here every sprite region of a frame is fitted with the world's own shapes:
 Per video: ``shape_iou``, the mean best IoU over all regions of all frames (single rendered
 sprites score 0.95 on average and are given the right shape and size 98 % of the time, small
 squares sometimes read as small circles; a blob of the wrong outline scores far less);
-``shape_clean``, the share of regions with best IoU >= ``CLEAN_IOU``; ``shape_consistency``, for each colour the share of the frames showing it whose
-largest region of that colour fits the colour's majority (shape, size), pooled over colours (1: no
-sprite ever changes shape or size). None where no frame has a region.
+``shape_clean``, the share of regions with best IoU >= ``CLEAN_IOU``; ``shape_consistency``, for
+each colour the share of the frames showing it whose largest region of that colour fits the
+colour's majority (shape, size), pooled over colours (1: no sprite ever changes shape or size).
+None where no frame has a region.
 
 What they do not judge: a frame without any sprite region counts nowhere here (a missing or
 shattered sprite lowers the identity and caption measures instead), and a sprite partly hidden
