@@ -48,6 +48,11 @@ def default_min_area(height: int, width: int) -> int:
     return max(1, round(MIN_AREA_AT_32 * (min(height, width) / 32.0) ** 2))
 
 
+def core_area(mask: np.ndarray) -> int:
+    """Pixels of the boolean `mask` left after a 2x2 erosion: 0 for a 1-px-wide anti-aliasing rim."""
+    return int(cv2.erode(mask.astype(np.uint8), _KERNEL, borderType=cv2.BORDER_CONSTANT, borderValue=0).sum())
+
+
 def frame_identity(indices: np.ndarray, min_area: int) -> tuple[int, tuple[int, ...]]:
     """(background index, sorted sprite indices) of one frame of palette indices (H, W)."""
     counts = np.bincount(indices.ravel(), minlength=len(PALETTE_RGB))
@@ -56,8 +61,7 @@ def frame_identity(indices: np.ndarray, min_area: int) -> tuple[int, tuple[int, 
     for c in np.flatnonzero(counts):
         if c == background or counts[c] < min_area:
             continue
-        core = cv2.erode((indices == c).astype(np.uint8), _KERNEL, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-        if int(core.sum()) >= min_area:
+        if core_area(indices == c) >= min_area:
             sprites.append(int(c))
     return background, tuple(sprites)
 

@@ -6,7 +6,7 @@ Here every sprite region of a frame is fitted with the world's own shapes:
 
 * A **region** is a connected (8-neighbour) set of pixels of one palette colour other than the
   frame's background, kept if it holds at least ``min_area`` pixels after the 2x2 erosion of
-  `vin.eval.identity.frame_identity` (a 1-px anti-aliasing rim holds none).
+  `vin.eval.identity.core_area` (a 1-px anti-aliasing rim holds none).
 * Its **fit** is the best intersection over union (IoU) between the region and the 8 templates of
   the world (`SHAPES` x `SIZES`, rasterised as `render` draws them: a pixel is inside where its
   centre's signed distance is <= 0, i.e. coverage >= 1/2), each centred on a 5x5 grid of
@@ -36,10 +36,10 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from vin.data.synthetic import SHAPES, SIZES, shape_sdf
+from vin.data.synthetic import PALETTE_NAMES, SHAPES, SIZES, shape_sdf
+from vin.eval.identity import core_area
 
 CLEAN_IOU = 0.8  # a region this close to a template is a clean sprite (see tests: data >= it unoccluded)
-_KERNEL = np.ones((2, 2), np.uint8)
 _OFFSETS = np.arange(-1.0, 1.01, 0.5)  # sub-pixel search around the bounding-box centre
 
 
@@ -98,8 +98,7 @@ def frame_regions(indices: np.ndarray, background: int, min_area: int) -> list[R
         n, labels = cv2.connectedComponents((indices == c).astype(np.uint8), connectivity=8)
         for k in range(1, n):
             region = labels == k
-            core = cv2.erode(region.astype(np.uint8), _KERNEL, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-            if int(core.sum()) < min_area:
+            if core_area(region) < min_area:
                 continue
             shape, size, iou = fit_region(region)
             out.append(Region(int(c), shape, size, iou, int(region.sum())))
@@ -110,8 +109,6 @@ def shape_quality(indices: np.ndarray, backgrounds: list[int], min_area: int) ->
     """Shape metrics of a video given as palette indices (T, H, W) and each frame's background
     index: ``shape_iou``, ``shape_clean``, ``shape_consistency`` (see the module docstring) and
     ``per_frame_shapes``, per frame ``[[colour name, shape, size, iou], ...]``."""
-    from vin.data.synthetic import PALETTE_NAMES
-
     per_frame = [frame_regions(indices[i], backgrounds[i], min_area) for i in range(len(indices))]
     regions = [r for rs in per_frame for r in rs]
     largest: dict[int, list[tuple[str, str]]] = {}  # colour -> (shape, size) of its largest region, per frame shown
