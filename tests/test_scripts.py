@@ -239,3 +239,36 @@ def test_average_weights_is_the_mean_and_refuses_another_model(weights, tmp_path
     assert script.main() == 2
     err = capsys.readouterr().err.strip()
     assert "another model" in err and len(err.splitlines()) == 1 and not bad.exists()
+
+
+def test_loss_by_noise_sprite_mask_covers_exactly_where_the_sprites_change_the_frame(weights):
+    """The mask is the pixels that differ from the background rendered alone: off it the background
+    yardstick is exact, so its whole-frame error times all pixels equals its sprite error times the
+    sprite pixels; a mask of ones is the whole-frame error."""
+    from vin.checkpoint import checkpoint_config, load_checkpoint
+    from vin.training.trainer import build_model
+
+    lbn = _import_script("loss_by_noise")
+    cfg = checkpoint_config(weights)
+    video, captions, specs = make_batch(999, 0, 4, 10, cfg.data)
+    mask = lbn.sprite_mask(video, specs, cfg.data)
+    assert mask.shape == video.shape and 0 < mask.float().mean() < 0.5
+    bg = lbn.backgrounds(specs, cfg.data, video.shape[2])
+    assert torch.equal(video[~mask], bg[~mask]) and (video[mask] != bg[mask]).any()
+    whole, sprites = (dict(lbn.reference_errors(cfg, 10, 1, 999, sprites=s)) for s in (False, True))
+    key = "the video's background, no sprites (any t)"
+    video8, _, specs8 = make_batch(999, 0, 8, 10, cfg.data)  # the batch reference_errors reads
+    m8 = lbn.sprite_mask(video8, specs8, cfg.data)
+    assert whole[key] * m8.numel() == pytest.approx(sprites[key] * m8.sum().item(), rel=1e-4)
+    assert sprites[key] > whole[key] > 0
+
+    model = build_model(cfg)
+    load_checkpoint(weights, model, weights="ema")
+    model.eval()
+    noise = torch.randn(video.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = lbn.x0_error(model, video, captions, 0.6, noise, cfg.train.context_frames, True)
+        ones = lbn.x0_error(model, video, captions, 0.6, noise, cfg.train.context_frames, True, torch.ones_like(video, dtype=torch.bool))
+        on_sprites = lbn.x0_error(model, video, captions, 0.6, noise, cfg.train.context_frames, True, mask)
+    assert ones == pytest.approx(plain, rel=1e-5)
+    assert on_sprites != pytest.approx(plain, rel=1e-3)
