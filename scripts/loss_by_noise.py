@@ -50,6 +50,36 @@ def x0_error(model, video: torch.Tensor, captions: list[str], t: float, noise: t
     return ((err * m).sum() / m.sum().clamp_min(1)).item()
 
 
+def load_ema(path: str | Path) -> tuple[torch.nn.Module, object, int]:
+    """(model with the EMA weights of `path`, in eval mode, its config, its step)."""
+    cfg = checkpoint_config(path)
+    model = build_model(cfg)
+    step = load_checkpoint(path, model, weights="ema")
+    return model.eval(), cfg, step
+
+
+def held_out_frames(cfg, chunks: int) -> int:
+    """The length of a video of `chunks` chunks in the training layout of `cfg`."""
+    return chunks * (cfg.model.chunk_frames - cfg.train.context_frames) + cfg.train.context_frames
+
+
+@torch.no_grad()
+def heldout_errors(model, cfg, ts: list[float], batches: int, n_frames: int, seed: int = 999, caption: bool = True,
+                   use_global: bool = True, sprites: bool = False) -> dict[float, float]:
+    """{t: x0 error} of `model` (config `cfg`) on `batches` held-out batches of 8 videos of `n_frames`
+    from stream `seed` (batch b noised with the noise of generator seed b), over whole frames or the
+    sprite pixels only."""
+    errs = {t: 0.0 for t in ts}
+    for b in range(batches):
+        video, captions, specs = make_batch(seed, b, 8, n_frames, cfg.data)
+        mask = sprite_mask(video, specs, cfg.data) if sprites else None
+        noise = torch.randn(video.shape, generator=torch.Generator().manual_seed(b))
+        caps = captions if caption else [""] * len(captions)
+        for t in ts:
+            errs[t] += x0_error(model, video, caps, t, noise, cfg.train.context_frames, use_global, mask) / batches
+    return errs
+
+
 def backgrounds(specs: list[VideoSpec], cfg, n_frames: int) -> torch.Tensor:
     """Each video's background rendered alone (no sprites), (B, 3, F, H, W) in [-1, 1]."""
     bgs = [render(VideoSpec(s.background, s.texture, ()), cfg, 0, n_frames) for s in specs]
@@ -99,26 +129,13 @@ def main() -> int:
         if not path or not Path(path).is_file():
             print(f"loss_by_noise: error: {spec!r} is not LABEL=CHECKPOINT of an existing file", file=sys.stderr)
             return 2
-        cfg = checkpoint_config(path)
-        model = build_model(cfg)
-        load_checkpoint(path, model, weights="ema")
-        model.eval()
-        F, K = cfg.model.chunk_frames, cfg.train.context_frames
-        n_frames = args.chunks * (F - K) + K
+        model, cfg, _ = load_ema(path)
+        n_frames = held_out_frames(cfg, args.chunks)
         variants = [("caption", True, True), ("empty caption", False, True)]
         if model.interface is not None:
             variants += [("caption, no global tokens", True, False)]
         for name, caption, use_global in variants:
-            errs = {t: 0.0 for t in args.t}
-            with torch.no_grad():
-                for b in range(args.batches):
-                    video, captions, specs = make_batch(args.seed, b, 8, n_frames, cfg.data)
-                    mask = sprite_mask(video, specs, cfg.data) if args.sprites else None
-                    gen = torch.Generator().manual_seed(b)
-                    noise = torch.randn(video.shape, generator=gen)
-                    caps = captions if caption else [""] * len(captions)
-                    for t in args.t:
-                        errs[t] += x0_error(model, video, caps, t, noise, K, use_global, mask) / args.batches
+            errs = heldout_errors(model, cfg, args.t, args.batches, n_frames, args.seed, caption, use_global, args.sprites)
             rows.append((f"{label}: {name}", errs))
             print(rows[-1][0], " ".join(f"{errs[t]:.4f}" for t in args.t), file=sys.stderr)
 

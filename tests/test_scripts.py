@@ -272,3 +272,31 @@ def test_loss_by_noise_sprite_mask_covers_exactly_where_the_sprites_change_the_f
         on_sprites = lbn.x0_error(model, video, captions, 0.6, noise, cfg.train.context_frames, True, mask)
     assert ones == pytest.approx(plain, rel=1e-5)
     assert on_sprites != pytest.approx(plain, rel=1e-3)
+
+
+def test_learning_curve_measures_each_checkpoint_once_and_agrees_with_loss_by_noise(tmp_path):
+    """Every checkpoint of the run at a multiple of --every gets a row (step, wall time from the log,
+    its sprite error); a second call reads them from the cache; the error of a checkpoint is the one
+    `loss_by_noise.py --sprites --chunks 1` prints for its exported EMA weights; a missing run is a
+    one-line error."""
+    run = tmp_path / "run"
+    train(load_config(REPO / "configs" / "vin-xs.yaml", TINY[:-1] + ["train.steps=2", "train.ckpt_every=1"]), run, progress=False)
+    cmd = [sys.executable, str(REPO / "scripts" / "learning_curve.py"), f"xs={run}", "--every", "1", "--t", "0.5",
+           "--batches", "1", "--cache", str(tmp_path / "c.json"), "--out", str(tmp_path / "curve.png")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    rows = [line for line in first.stdout.splitlines() if line.startswith("| xs |")]
+    assert [int(r.split("|")[2]) for r in rows] == [1, 2] and all(float(r.split("|")[3]) >= 0 for r in rows)
+    assert (tmp_path / "curve.png").stat().st_size > 10_000 and first.stderr.count("step ") == 2
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stderr == "" and again.stdout == first.stdout  # from the cache
+
+    exported = export_weights(checkpoints(run)[0], tmp_path / "w1.safetensors")
+    lbn = subprocess.run([sys.executable, str(REPO / "scripts" / "loss_by_noise.py"), f"w={exported}", "--sprites",
+                          "--chunks", "1", "--batches", "1", "--t", "0.5"], capture_output=True, text=True, timeout=300)
+    assert lbn.returncode == 0, lbn.stderr
+    expected = next(line for line in lbn.stdout.splitlines() if line.startswith("| w: caption |")).split("|")[2].strip()
+    assert rows[0].split("|")[4].strip() == expected
+
+    bad = subprocess.run(cmd[:2] + [f"xs={tmp_path / 'none'}"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "learning_curve: error" in bad.stderr

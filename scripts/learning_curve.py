@@ -1,0 +1,140 @@
+"""Learning curves of the sprites: held-out x0 error on sprite pixels against step and wall time.
+
+    python scripts/learning_curve.py "VIN-S/4=runs/scale/s" "VIN-M/4=runs/scale/m" \
+        --point "shipped=src/vin/weights/vin-s.safetensors" --out docs/img/learning-curve.png
+
+For each checkpoint of each run (every `--every` steps), its EMA weights' x0 error on the sprite
+pixels of the same held-out one-chunk videos, noise and t (`scripts/loss_by_noise.py --sprites`,
+caption given, global tokens read). The whole-frame loss of the training log is dominated by the
+background, which a model learns early; this is the part it learns slowly. Wall time comes from
+the run's log (`wall_s` of the checkpoint's step; a resumed run's clock restarts, so use runs
+trained in one go). `--point` adds a single weights file (its step from its metadata) as a marker.
+Results are cached per checkpoint file in `--cache`, so a growing run can be re-measured cheaply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from vin.training.logplot import read_log
+from vin.training.trainer import checkpoints
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loss_by_noise import held_out_frames, heldout_errors, load_ema  # noqa: E402
+
+
+def sprite_errors(path: Path, ts: list[float], batches: int, chunks: int, seed: int = 999) -> tuple[int, dict[float, float]]:
+    """(step, {t: x0 error on sprite pixels}) of the EMA weights in `path` (caption given, global tokens read)."""
+    model, cfg, step = load_ema(path)
+    return step, heldout_errors(model, cfg, ts, batches, held_out_frames(cfg, chunks), seed, sprites=True)
+
+
+def measure(files: list[Path], ts: list[float], batches: int, chunks: int, cache: dict) -> list[tuple[int, dict[float, float]]]:
+    """`sprite_errors` of each file, through `cache` (keyed by path, size, mtime and the settings)."""
+    out = []
+    for path in files:
+        st = path.stat()
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{ts}|{batches}|{chunks}"
+        if key not in cache:
+            step, errs = sprite_errors(path, ts, batches, chunks)
+            cache[key] = {"step": step, "errors": {str(t): e for t, e in errs.items()}}
+            print(f"{path}: step {step} " + " ".join(f"t={t:g} {e:.4f}" for t, e in errs.items()), file=sys.stderr)
+        out.append((cache[key]["step"], {float(t): e for t, e in cache[key]["errors"].items()}))
+    return out
+
+
+def plot(curves: dict[str, list[tuple[int, float | None, dict[float, float]]]], points: dict[str, tuple[int, dict[float, float]]],
+         ts: list[float], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    styles = ["-", "--", ":", "-."]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, x_of in ((axes[0], "step"), (axes[1], "wall")):
+        for c, (label, rows) in enumerate(curves.items()):
+            for s, t in enumerate(ts):
+                xs = [(step if x_of == "step" else wall / 3600) for step, wall, _ in rows if x_of == "step" or wall]
+                ys = [errs[t] for step, wall, errs in rows if x_of == "step" or wall]
+                ax.plot(xs, ys, styles[s % len(styles)], color=colours[c % len(colours)], marker=".",
+                        label=f"{label}, t={t:g}")
+        if x_of == "step":
+            for c, (label, (step, errs)) in enumerate(points.items()):
+                for s, t in enumerate(ts):
+                    ax.plot([step], [errs[t]], marker="*", markersize=10, linestyle="none",
+                            color=colours[(len(curves) + c) % len(colours)], label=f"{label}, t={t:g}" if s == 0 else None)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training step" if x_of == "step" else "wall time of one CPU thread (h)")
+        ax.set_ylabel("x0 MSE on sprite pixels (held-out)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("how fast the sprites are learned (one-chunk held-out videos, EMA weights)")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="LABEL=RUN_DIR")
+    p.add_argument("--point", action="append", default=[], help="LABEL=WEIGHTS: one more file, drawn as a marker")
+    p.add_argument("--t", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    p.add_argument("--every", type=int, default=500, help="measure the checkpoints at multiples of this step")
+    p.add_argument("--batches", type=int, default=4, help="held-out batches of 8 videos")
+    p.add_argument("--chunks", type=int, default=1, help="chunks per held-out video")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache", type=Path, default=Path("outputs/learning-curve.json"))
+    p.add_argument("--out", type=Path, default=Path("outputs/learning-curve.png"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    def split(spec: str, what: str) -> tuple[str, Path]:
+        label, _, path = spec.partition("=")
+        if not label or not path or not Path(path).exists():
+            raise SystemExit(f"learning_curve: error: {spec!r} is not LABEL={what} of an existing path")
+        return label, Path(path)
+
+    runs = [split(s, "RUN_DIR") for s in args.runs]
+    extra = [split(s, "WEIGHTS") for s in args.point]
+    for label, run in runs:
+        if not checkpoints(run):
+            raise SystemExit(f"learning_curve: error: no checkpoints in {run}/checkpoints")
+    cache = json.loads(args.cache.read_text()) if args.cache.is_file() else {}
+    curves, points = {}, {}
+    try:
+        for label, run in runs:
+            files = [f for f in checkpoints(run) if int(f.stem.split("-")[1]) % args.every == 0]
+            walls = {int(r["step"]): r.get("wall_s") for r in read_log(run)} if (run / "log.jsonl").is_file() else {}
+            curves[label] = [(step, walls.get(step), errs) for step, errs in measure(files, args.t, args.batches, args.chunks, cache)]
+        for label, path in extra:
+            points[label] = measure([path], args.t, args.batches, args.chunks, cache)[0]
+    finally:
+        args.cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(args.cache)
+
+    head = "| model | step | wall (h) | " + " | ".join(f"t={t:g}" for t in args.t) + " |"
+    lines = [head, "|---" * (len(args.t) + 3) + "|"]
+    for label, rows in curves.items():
+        lines += [f"| {label} | {step} | {'' if wall is None else f'{wall / 3600:.2f}'} | " + " | ".join(f"{errs[t]:.4f}" for t in args.t) + " |"
+                  for step, wall, errs in rows]
+    for label, (step, errs) in points.items():
+        lines.append(f"| {label} | {step} |  | " + " | ".join(f"{errs[t]:.4f}" for t in args.t) + " |")
+    print("\n".join(lines))
+    print(plot(curves, points, args.t, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
