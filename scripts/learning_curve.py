@@ -3,13 +3,16 @@
     python scripts/learning_curve.py "VIN-S/4=runs/scale/s" "VIN-M/4=runs/scale/m" \
         --point "shipped=src/vin/weights/vin-s.safetensors" --out docs/img/learning-curve.png
 
-For each checkpoint of each run (every `--every` steps), its EMA weights' x0 error on the sprite
-pixels of the same held-out one-chunk videos, noise and t (`scripts/loss_by_noise.py --sprites`,
-caption given, global tokens read). The whole-frame loss of the training log is dominated by the
+For each checkpoint a run has kept (its steps that are multiples of `--every`, and its last one),
+its EMA weights' x0 error on the sprite pixels of the same held-out one-chunk videos, noise and t
+(`scripts/loss_by_noise.py --sprites`, caption given, global tokens read). A run keeps only its
+last `train.keep_checkpoints` checkpoints: raise it for a curve. The whole-frame loss of the training log is dominated by the
 background, which a model learns early; this is the part it learns slowly. Wall time comes from
 the run's log (`wall_s` of the checkpoint's step; a resumed run's clock restarts, so use runs
 trained in one go). `--point` adds a single weights file (its step from its metadata) as a marker.
-Results are cached per checkpoint file in `--cache`, so a growing run can be re-measured cheaply.
+Results are cached per checkpoint file and t in `--cache`, so a growing run can be re-measured cheaply.
+Bad input (a missing run or file, a run without checkpoints, a bad option value, an unreadable
+cache) is a one-line error and exit status 2; the cache and the figure are written atomically.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from vin.fileio import atomic_path, atomic_write_text
 from vin.training.logplot import read_log
 from vin.training.trainer import checkpoints
 
@@ -34,17 +38,25 @@ def sprite_errors(path: Path, ts: list[float], batches: int, chunks: int, seed: 
     return step, heldout_errors(model, cfg, ts, batches, held_out_frames(cfg, chunks), seed, sprites=True)
 
 
-def measure(files: list[Path], ts: list[float], batches: int, chunks: int, cache: dict) -> list[tuple[int, dict[float, float]]]:
-    """`sprite_errors` of each file, through `cache` (keyed by path, size, mtime and the settings)."""
+CACHE_VERSION = 2  # raise when what is measured changes (the mask, the pooling, the held-out data)
+
+
+def measure(files: list[Path], ts: list[float], batches: int, chunks: int, cache: dict,
+            seed: int = 999) -> list[tuple[int, dict[float, float]]]:
+    """`sprite_errors` of each file, through `cache`, keyed by the file (path, size, mtime), the
+    settings and each t, so only what is missing is measured."""
     out = []
     for path in files:
         st = path.stat()
-        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{ts}|{batches}|{chunks}"
-        if key not in cache:
-            step, errs = sprite_errors(path, ts, batches, chunks)
-            cache[key] = {"step": step, "errors": {str(t): e for t, e in errs.items()}}
+        base = f"v{CACHE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|b{batches}|c{chunks}|s{seed}"
+        missing = [t for t in ts if f"{base}|t{t!r}" not in cache]
+        if missing:
+            step, errs = sprite_errors(path, missing, batches, chunks, seed)
+            for t, e in errs.items():
+                cache[f"{base}|t{t!r}"] = {"step": step, "error": e}
             print(f"{path}: step {step} " + " ".join(f"t={t:g} {e:.4f}" for t, e in errs.items()), file=sys.stderr)
-        out.append((cache[key]["step"], {float(t): e for t, e in cache[key]["errors"].items()}))
+        entries = [cache[f"{base}|t{t!r}"] for t in ts]
+        out.append((entries[0]["step"], {t: e["error"] for t, e in zip(ts, entries)}))
     return out
 
 
@@ -61,25 +73,30 @@ def plot(curves: dict[str, list[tuple[int, float | None, dict[float, float]]]], 
     for ax, x_of in ((axes[0], "step"), (axes[1], "wall")):
         for c, (label, rows) in enumerate(curves.items()):
             for s, t in enumerate(ts):
-                xs = [(step if x_of == "step" else wall / 3600) for step, wall, _ in rows if x_of == "step" or wall]
-                ys = [errs[t] for step, wall, errs in rows if x_of == "step" or wall]
-                ax.plot(xs, ys, styles[s % len(styles)], color=colours[c % len(colours)], marker=".",
-                        label=f"{label}, t={t:g}")
+                # log axes: only positive values (a step-0 checkpoint, a record without wall time are left out)
+                pts = [((step if x_of == "step" else (wall or 0) / 3600), errs[t]) for step, wall, errs in rows]
+                pts = [(x, y) for x, y in pts if x > 0 and y > 0]
+                if pts:
+                    ax.plot(*zip(*pts), styles[s % len(styles)], color=colours[c % len(colours)], marker=".",
+                            label=f"{label}, t={t:g}")
         if x_of == "step":
             for c, (label, (step, errs)) in enumerate(points.items()):
                 for s, t in enumerate(ts):
                     ax.plot([step], [errs[t]], marker="*", markersize=10, linestyle="none",
                             color=colours[(len(curves) + c) % len(colours)], label=f"{label}, t={t:g}" if s == 0 else None)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "no wall times in the runs' logs", ha="center", va="center", transform=ax.transAxes)
+            continue
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("training step" if x_of == "step" else "wall time of one CPU thread (h)")
+        ax.set_xlabel("training step" if x_of == "step" else "training wall time (h)")
         ax.set_ylabel("x0 MSE on sprite pixels (held-out)")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle("how fast the sprites are learned (one-chunk held-out videos, EMA weights)")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
     return out
 
@@ -96,34 +113,11 @@ def main() -> int:
     p.add_argument("--cache", type=Path, default=Path("outputs/learning-curve.json"))
     p.add_argument("--out", type=Path, default=Path("outputs/learning-curve.png"))
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-
-    def split(spec: str, what: str) -> tuple[str, Path]:
-        label, _, path = spec.partition("=")
-        if not label or not path or not Path(path).exists():
-            raise SystemExit(f"learning_curve: error: {spec!r} is not LABEL={what} of an existing path")
-        return label, Path(path)
-
-    runs = [split(s, "RUN_DIR") for s in args.runs]
-    extra = [split(s, "WEIGHTS") for s in args.point]
-    for label, run in runs:
-        if not checkpoints(run):
-            raise SystemExit(f"learning_curve: error: no checkpoints in {run}/checkpoints")
-    cache = json.loads(args.cache.read_text()) if args.cache.is_file() else {}
-    curves, points = {}, {}
     try:
-        for label, run in runs:
-            files = [f for f in checkpoints(run) if int(f.stem.split("-")[1]) % args.every == 0]
-            walls = {int(r["step"]): r.get("wall_s") for r in read_log(run)} if (run / "log.jsonl").is_file() else {}
-            curves[label] = [(step, walls.get(step), errs) for step, errs in measure(files, args.t, args.batches, args.chunks, cache)]
-        for label, path in extra:
-            points[label] = measure([path], args.t, args.batches, args.chunks, cache)[0]
-    finally:
-        args.cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(args.cache)
-
+        curves, points = run(args)
+    except (ValueError, OSError) as e:
+        print(f"learning_curve: error: {e}", file=sys.stderr)
+        return 2
     head = "| model | step | wall (h) | " + " | ".join(f"t={t:g}" for t in args.t) + " |"
     lines = [head, "|---" * (len(args.t) + 3) + "|"]
     for label, rows in curves.items():
@@ -134,6 +128,46 @@ def main() -> int:
     print("\n".join(lines))
     print(plot(curves, points, args.t, args.out))
     return 0
+
+
+def run(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Check the arguments, measure (through the cache), save the cache; (curves, points)."""
+    if args.every < 1 or args.batches < 1 or args.chunks < 1 or args.threads < 1:
+        raise ValueError("--every, --batches, --chunks and --threads must be >= 1")
+    if not all(0 < t <= 1 for t in args.t):
+        raise ValueError(f"--t must be in (0, 1], got {args.t}")
+    torch.set_num_threads(args.threads)
+
+    def split(spec: str, what: str, exists) -> tuple[str, Path]:
+        label, _, path = spec.partition("=")
+        if not label or not path or not exists(Path(path)):
+            raise ValueError(f"{spec!r} is not LABEL={what} of an existing {what.lower().replace('_', ' ')}")
+        return label, Path(path)
+
+    runs = [split(s, "RUN_DIR", Path.is_dir) for s in args.runs]
+    extra = [split(s, "WEIGHTS", Path.is_file) for s in args.point]
+    labels = [label for label, _ in runs + extra]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"labels must differ, got {labels}")
+    for label, path in runs:
+        if not checkpoints(path):
+            raise ValueError(f"no checkpoints in {path}/checkpoints")
+    try:
+        cache = json.loads(args.cache.read_text()) if args.cache.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{args.cache} is not a learning-curve cache ({e}); move it away") from None
+    curves, points = {}, {}
+    try:
+        for label, path in runs:
+            files = checkpoints(path)
+            files = [f for f in files[:-1] if int(f.stem.split("-")[1]) % args.every == 0] + files[-1:]
+            walls = {int(r["step"]): r.get("wall_s") for r in read_log(path)} if (path / "log.jsonl").is_file() else {}
+            curves[label] = [(step, walls.get(step), errs) for step, errs in measure(files, args.t, args.batches, args.chunks, cache)]
+        for label, path in extra:
+            points[label] = measure([path], args.t, args.batches, args.chunks, cache)[0]
+    finally:
+        atomic_write_text(args.cache, json.dumps(cache, indent=1))
+    return curves, points
 
 
 if __name__ == "__main__":

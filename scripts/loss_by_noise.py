@@ -34,6 +34,14 @@ def x0_error(model, video: torch.Tensor, captions: list[str], t: float, noise: t
              use_global: bool, mask: torch.Tensor | None = None) -> float:
     """MSE between the clean video and the model's estimate of it, averaged over chunks and pixels
     (over the pixels where `mask`, shaped like `video`, is true, if given)."""
+    total, count = x0_squared_error(model, video, captions, t, noise, context, use_global, mask)
+    return total / max(count, 1.0)
+
+
+def x0_squared_error(model, video: torch.Tensor, captions: list[str], t: float, noise: torch.Tensor, context: int,
+                     use_global: bool, mask: torch.Tensor | None = None) -> tuple[float, float]:
+    """(sum of the squared errors of `x0_error`, number of values summed): pooled over batches,
+    these give the mean over all their masked pixels, however the mask's size varies by batch."""
     F = model.cfg.chunk_frames
     layout = chunk_layout(video.shape[2], F, context)
     tt = torch.full((video.shape[0],), t)
@@ -45,9 +53,9 @@ def x0_error(model, video: torch.Tensor, captions: list[str], t: float, noise: t
     x0 = chunks - t * v.float()
     err = (x0 - split_chunks(video, layout)) ** 2
     if mask is None:
-        return err.mean().item()
+        return err.sum().item(), float(err.numel())
     m = split_chunks(mask.float(), layout)
-    return ((err * m).sum() / m.sum().clamp_min(1)).item()
+    return (err * m).sum().item(), m.sum().item()
 
 
 def load_ema(path: str | Path) -> tuple[torch.nn.Module, object, int]:
@@ -68,16 +76,18 @@ def heldout_errors(model, cfg, ts: list[float], batches: int, n_frames: int, see
                    use_global: bool = True, sprites: bool = False) -> dict[float, float]:
     """{t: x0 error} of `model` (config `cfg`) on `batches` held-out batches of 8 videos of `n_frames`
     from stream `seed` (batch b noised with the noise of generator seed b), over whole frames or the
-    sprite pixels only."""
-    errs = {t: 0.0 for t in ts}
+    sprite pixels only (the mean over all of them, pooled across the batches)."""
+    sums = {t: [0.0, 0.0] for t in ts}
     for b in range(batches):
         video, captions, specs = make_batch(seed, b, 8, n_frames, cfg.data)
         mask = sprite_mask(video, specs, cfg.data) if sprites else None
         noise = torch.randn(video.shape, generator=torch.Generator().manual_seed(b))
         caps = captions if caption else [""] * len(captions)
         for t in ts:
-            errs[t] += x0_error(model, video, caps, t, noise, cfg.train.context_frames, use_global, mask) / batches
-    return errs
+            total, count = x0_squared_error(model, video, caps, t, noise, cfg.train.context_frames, use_global, mask)
+            sums[t][0] += total
+            sums[t][1] += count
+    return {t: total / max(count, 1.0) for t, (total, count) in sums.items()}
 
 
 def backgrounds(specs: list[VideoSpec], cfg, n_frames: int) -> torch.Tensor:
@@ -87,7 +97,8 @@ def backgrounds(specs: list[VideoSpec], cfg, n_frames: int) -> torch.Tensor:
 
 
 def sprite_mask(video: torch.Tensor, specs: list[VideoSpec], cfg) -> torch.Tensor:
-    """True on every channel of the pixels a sprite covers (the video differs from its background)."""
+    """True on every channel of the pixels where the video differs from its background rendered alone:
+    the sprites, less any sprite pixels that happen to have the background's colour."""
     return (video != backgrounds(specs, cfg, video.shape[2])).any(dim=1, keepdim=True).expand_as(video)
 
 
@@ -121,6 +132,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, help="also write the markdown table here")
     args = p.parse_args()
+    if args.batches < 1 or args.chunks < 1 or args.threads < 1 or not all(0 < t <= 1 for t in args.t):
+        print("loss_by_noise: error: --batches, --chunks and --threads must be >= 1 and every --t in (0, 1]", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
 
     rows = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import subprocess
 import sys
@@ -275,28 +276,43 @@ def test_loss_by_noise_sprite_mask_covers_exactly_where_the_sprites_change_the_f
 
 
 def test_learning_curve_measures_each_checkpoint_once_and_agrees_with_loss_by_noise(tmp_path):
-    """Every checkpoint of the run at a multiple of --every gets a row (step, wall time from the log,
-    its sprite error); a second call reads them from the cache; the error of a checkpoint is the one
-    `loss_by_noise.py --sprites --chunks 1` prints for its exported EMA weights; a missing run is a
-    one-line error."""
+    """The run's checkpoints at multiples of --every and its last one get a row (step, wall time of
+    the log, sprite error); a second call reads them all from the cache; the error of a checkpoint is
+    the one `loss_by_noise.py --sprites --chunks 1` prints for its exported EMA weights; bad input is
+    a one-line error, exit 2, and leaves the cache and the figure as they were."""
+    from vin.training.logplot import read_log
+
     run = tmp_path / "run"
-    train(load_config(REPO / "configs" / "vin-xs.yaml", TINY[:-1] + ["train.steps=2", "train.ckpt_every=1"]), run, progress=False)
-    cmd = [sys.executable, str(REPO / "scripts" / "learning_curve.py"), f"xs={run}", "--every", "1", "--t", "0.5",
-           "--batches", "1", "--cache", str(tmp_path / "c.json"), "--out", str(tmp_path / "curve.png")]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    train(load_config(REPO / "configs" / "vin-xs.yaml", TINY[:-1] + ["train.steps=3", "train.ckpt_every=1"]), run, progress=False)
+    cache, png = tmp_path / "c.json", tmp_path / "curve.png"
+    args = [f"xs={run}", "--every", "2", "--t", "0.5", "0.7", "--batches", "1", "--cache", str(cache), "--out", str(png)]
+    cmd = [sys.executable, str(REPO / "scripts" / "learning_curve.py")]
+    first = subprocess.run(cmd + args, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
-    rows = [line for line in first.stdout.splitlines() if line.startswith("| xs |")]
-    assert [int(r.split("|")[2]) for r in rows] == [1, 2] and all(float(r.split("|")[3]) >= 0 for r in rows)
-    assert (tmp_path / "curve.png").stat().st_size > 10_000 and first.stderr.count("step ") == 2
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    rows = [line.split("|") for line in first.stdout.splitlines() if line.startswith("| xs |")]
+    assert [int(r[2]) for r in rows] == [2, 3]  # step 1 is not a multiple of 2; step 3 is the last
+    assert png.stat().st_size > 10_000 and len(first.stderr.splitlines()) == 2  # one line per measured checkpoint
+    again = subprocess.run(cmd + args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stderr == "" and again.stdout == first.stdout  # from the cache
 
-    exported = export_weights(checkpoints(run)[0], tmp_path / "w1.safetensors")
-    lbn = subprocess.run([sys.executable, str(REPO / "scripts" / "loss_by_noise.py"), f"w={exported}", "--sprites",
-                          "--chunks", "1", "--batches", "1", "--t", "0.5"], capture_output=True, text=True, timeout=300)
-    assert lbn.returncode == 0, lbn.stderr
-    expected = next(line for line in lbn.stdout.splitlines() if line.startswith("| w: caption |")).split("|")[2].strip()
-    assert rows[0].split("|")[4].strip() == expected
+    lc = _import_script("learning_curve")
+    curves, _ = lc.run(argparse.Namespace(runs=[f"xs={run}"], point=[], t=[0.5, 0.7], every=2, batches=1, chunks=1,
+                                          threads=1, cache=cache, out=png))
+    walls = {int(r["step"]): r["wall_s"] for r in read_log(run)}
+    assert [(step, wall) for step, wall, _ in curves["xs"]] == [(2, walls[2]), (3, walls[3])]
 
-    bad = subprocess.run(cmd[:2] + [f"xs={tmp_path / 'none'}"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "learning_curve: error" in bad.stderr
+    exported = export_weights(checkpoints(run)[1], tmp_path / "w2.safetensors")
+    lbn = subprocess.run([sys.executable, str(REPO / "scripts" / "loss_by_noise.py"), f"w={exported}", "--sprites",
+                          "--chunks", "1", "--batches", "1", "--t", "0.5", "0.7"], capture_output=True, text=True, timeout=300)
+    assert lbn.returncode == 0, lbn.stderr
+    expected = next(line for line in lbn.stdout.splitlines() if line.startswith("| w: caption |")).split("|")[2:4]
+    assert [c.strip() for c in rows[0][4:6]] == [c.strip() for c in expected]
+
+    before = (cache.read_bytes(), png.read_bytes())
+    for bad in ([f"xs={tmp_path / 'none'}"], [f"xs={run}", "--every", "0"], [f"xs={run}", "--point", f"p={run}"]):
+        r = subprocess.run(cmd + bad + ["--cache", str(cache), "--out", str(png)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "learning_curve: error" in r.stderr, r.stderr
+    cache.write_text("{not json")
+    r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not a learning-curve cache" in r.stderr and r.stderr.strip().count("\n") == 0
+    assert cache.read_text() == "{not json" and png.read_bytes() == before[1]
