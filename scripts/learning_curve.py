@@ -66,6 +66,7 @@ def plot(curves: dict[str, list[tuple[int, float | None, dict[float, float]]]], 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
     styles = ["-", "--", ":", "-."]
@@ -83,18 +84,21 @@ def plot(curves: dict[str, list[tuple[int, float | None, dict[float, float]]]], 
             for c, (label, (step, errs)) in enumerate(points.items()):
                 for s, t in enumerate(ts):
                     ax.plot([step], [errs[t]], marker="*", markersize=10, linestyle="none",
-                            color=colours[(len(curves) + c) % len(colours)], label=f"{label}, t={t:g}" if s == 0 else None)
+                            color=colours[(len(curves) + c) % len(colours)], label=f"{label} (each t)" if s == 0 else None)
         if not ax.lines:
             ax.text(0.5, 0.5, "no wall times in the runs' logs", ha="center", va="center", transform=ax.transAxes)
             continue
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training step" if x_of == "step" else "training wall time (h)")
         ax.set_ylabel("x0 MSE on sprite pixels (held-out)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7)
     fig.suptitle("how fast the sprites are learned (one-chunk held-out videos, EMA weights)")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    rows = (len(labels) + 2) // 3
+    fig.tight_layout(rect=(0, 0.06 * rows, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
