@@ -164,7 +164,8 @@ class TrainConfig:
     lr_min_ratio: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    chunks: tuple[int, ...] = (2, 3, 4)  # videos of these many chunks (mixed lengths, as the paper)
+    chunks: tuple[int, ...] = (2, 3, 4)  # videos of these many chunks (mixed lengths, as the paper), one drawn
+    # uniformly per batch: repeat a count to weight it, e.g. (1, 1, 1, 2, 3, 4) for half one-chunk batches
     context_frames: int = 2  # frames each chunk shares with the previous one (the paper: 8 latent)
     # Loss weight on a chunk's context frames. The paper keeps the context under stop-gradient; we
     # still supervise the later chunk's prediction of them (weight 1) because sampling cross-fades
