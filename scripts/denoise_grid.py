@@ -49,11 +49,17 @@ def model_row(path: str, video: torch.Tensor, captions: list[str], noise: torch.
         for t in ts:
             x_t = interpolate(video, noise, torch.full((video.shape[0],), t))
             estimates.append(x_t - t * velocity(x_t, t))
-        for t in [*ts, 1.0]:
+        for t in sample_starts(ts):
             x_t = interpolate(video, noise, torch.full((video.shape[0],), t))
             n = max(2, round(steps * t))
             samples.append(sample_ode(velocity, x_t, torch.linspace(t, 0.0, n + 1)))
     return estimates, samples
+
+
+
+def sample_starts(ts: list[float]) -> list[float]:
+    """The t of each sampling column: those of `ts`, then plain generation (t = 1) unless already there."""
+    return [*ts] if 1.0 in ts else [*ts, 1.0]
 
 
 def main() -> int:
@@ -82,7 +88,7 @@ def main() -> int:
         print(f"denoise_grid: error: {e}", file=sys.stderr)
         return 2
 
-    heads = ["data"] + [f"x0 at t={t:g}" for t in args.t] + [f"from t={t:g}" for t in [*args.t, 1.0]]
+    heads = ["data"] + [f"x0 at t={t:g}" for t in args.t] + [f"from t={t:g}" for t in sample_starts(args.t)]
     n_rows, n_cols = args.videos * len(rows), len(heads)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.2 * n_cols + 1.6, 1.3 * n_rows + 0.3), squeeze=False)
     for v in range(args.videos):

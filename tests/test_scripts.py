@@ -57,6 +57,8 @@ def test_estimate_and_sample_from_almost_no_noise_give_the_data(weights):
     assert (estimates[0] - video).abs().max() < 0.02
     assert (samples[0] - video).abs().max() < 0.02
     assert (samples[1] - video).abs().max() > 0.1  # generated from noise: not the data
+    estimates, samples = _load_script().model_row(str(weights), video, captions, noise, [0.5, 1.0], steps=4)
+    assert len(estimates) == 2 and len(samples) == 2  # t = 1 given: generation from noise is not drawn twice
 
 
 def test_cli_writes_the_figure_and_rejects_a_missing_checkpoint(weights, tmp_path):
