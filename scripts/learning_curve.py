@@ -4,10 +4,11 @@
         --point "shipped=src/vin/weights/vin-s.safetensors" --out docs/img/learning-curve.png
 
 For each checkpoint a run has kept (its steps that are multiples of `--every`, and its last one),
-its EMA weights' x0 error on the sprite pixels of the same held-out one-chunk videos, noise and t
-(`scripts/loss_by_noise.py --sprites`, caption given, global tokens read). A run keeps only its
-last `train.keep_checkpoints` checkpoints: raise it for a curve. The whole-frame loss of the training log is dominated by the
-background, which a model learns early; this is the part it learns slowly. Wall time comes from
+its EMA weights' x0 error on the sprite pixels of the same held-out videos of `--chunks` chunks,
+noise and t (`scripts/loss_by_noise.py --sprites`, caption given, global tokens read). The
+whole-frame loss of the training log is dominated by the background, which a model learns early;
+this is the part it learns slowly. A run keeps only its last `train.keep_checkpoints` checkpoints:
+raise it for a curve. Wall time comes from
 the run's log (`wall_s` of the checkpoint's step; a resumed run's clock restarts, so use runs
 trained in one go). `--point` adds a single weights file (its step from its metadata) as a marker.
 Results are cached per checkpoint file and t in `--cache`, so a growing run can be re-measured cheaply.
@@ -61,7 +62,7 @@ def measure(files: list[Path], ts: list[float], batches: int, chunks: int, cache
 
 
 def plot(curves: dict[str, list[tuple[int, float | None, dict[float, float]]]], points: dict[str, tuple[int, dict[float, float]]],
-         ts: list[float], out: Path) -> Path:
+         ts: list[float], out: Path, chunks: int = 1) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,7 +95,8 @@ def plot(curves: dict[str, list[tuple[int, float | None, dict[float, float]]]], 
         ax.set_xlabel("training step" if x_of == "step" else "training wall time (h)")
         ax.set_ylabel("x0 MSE on sprite pixels (held-out)")
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle("how fast the sprites are learned (one-chunk held-out videos, EMA weights)")
+    videos = "one-chunk" if chunks == 1 else f"{chunks}-chunk"
+    fig.suptitle(f"how fast the sprites are learned ({videos} held-out videos, EMA weights)")
     handles, labels = axes[0].get_legend_handles_labels()
     rows = (len(labels) + 2) // 3
     fig.tight_layout(rect=(0, 0.06 * rows, 1, 1))
@@ -130,7 +132,7 @@ def main() -> int:
     for label, (step, errs) in points.items():
         lines.append(f"| {label} | {step} |  | " + " | ".join(f"{errs[t]:.4f}" for t in args.t) + " |")
     print("\n".join(lines))
-    print(plot(curves, points, args.t, args.out))
+    print(plot(curves, points, args.t, args.out, args.chunks))
     return 0
 
 

@@ -99,7 +99,12 @@ def backgrounds(specs: list[VideoSpec], cfg, n_frames: int) -> torch.Tensor:
 def sprite_mask(video: torch.Tensor, specs: list[VideoSpec], cfg) -> torch.Tensor:
     """True on every channel of the pixels where the video differs from its background rendered alone:
     the sprites, less any sprite pixels that happen to have the background's colour."""
-    return (video != backgrounds(specs, cfg, video.shape[2])).any(dim=1, keepdim=True).expand_as(video)
+    return differs(video, backgrounds(specs, cfg, video.shape[2]))
+
+
+def differs(video: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """True on every channel of the pixels where `video` and `background` differ in any channel."""
+    return (video != background).any(dim=1, keepdim=True).expand_as(video)
 
 
 def reference_errors(cfg, n_frames: int, batches: int, seed: int, sprites: bool = False) -> list[tuple[str, float]]:
@@ -112,7 +117,7 @@ def reference_errors(cfg, n_frames: int, batches: int, seed: int, sprites: bool 
         bgs.append(backgrounds(specs, cfg.data, n_frames))
     v, bg = torch.cat(videos), torch.cat(bgs)
     mean = v.mean(dim=(0, 2, 3, 4), keepdim=True)
-    m = (v != bg).any(dim=1, keepdim=True).expand_as(v).float() if sprites else torch.ones_like(v)
+    m = differs(v, bg).float() if sprites else torch.ones_like(v)
 
     def err(x: torch.Tensor) -> float:
         return ((((v - x) ** 2) * m).sum() / m.sum().clamp_min(1)).item()
