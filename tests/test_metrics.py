@@ -14,7 +14,8 @@ import pytest
 
 from vin.cli import main
 from vin.config import DataConfig
-from vin.data.synthetic import PALETTE_NAMES, PALETTE_RGB, SpriteSpec, VideoSpec, make_caption, render, sample_spec
+from vin.data.synthetic import (PALETTE_NAMES, PALETTE_RGB, SpriteSpec, VideoSpec, make_caption, nearest_palette, render,
+                                sample_spec)
 from vin.data.video_io import read_video, upscale, write_video
 from vin.eval import metrics as M
 from vin.eval.evaluate import METRIC_NAMES, evaluate_frames
@@ -264,6 +265,21 @@ def test_texture_of_every_rendered_frame():
     assert r["identity"]["per_frame_texture"] == ["stripes"] * 8 + ["checker"] * 8 + ["stripes"] * 16
     assert r["metrics"]["identity_texture"] == r["metrics"]["caption_texture"] == 0.75
     assert r["metrics"]["identity_background"] == 1.0  # the colour never changed
+
+
+def test_identity_takes_precomputed_indices():
+    """Given the frames' palette indices, identity_consistency answers exactly as when it computes
+    them (evaluate_frames shares them with the shape metrics); indices of another size, or with an
+    upscale still to undo, are refused."""
+    frames = render(two_sprites(), CFG, 0, 32)
+    frames[16:24] = render(two_sprites(first_colour=1), CFG, 16, 8)
+    idx = nearest_palette(frames)
+    assert identity_consistency(frames, [8, 16, 24], undo_upscale=False, indices=idx) == \
+        identity_consistency(frames, [8, 16, 24], undo_upscale=False)
+    with pytest.raises(ValueError, match="indices"):
+        identity_consistency(frames, [8], undo_upscale=False, indices=idx[:, :16])
+    with pytest.raises(ValueError, match="undo_upscale"):
+        identity_consistency(frames, [8], indices=idx)
 
 
 def test_caption_adherence_counts_frames():

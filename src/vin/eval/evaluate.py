@@ -121,14 +121,15 @@ def evaluate_frames(frames: np.ndarray, boundaries: Sequence[int] | None = None,
 
         # the frames are at the size to evaluate already (evaluate_paths undid the upscale): detecting
         # one again could mistake 4-px stripes for a 4x upscale and erase small sprites
-        ident = identity_consistency(f, layout if layout is not None else bs, undo_upscale=False)
+        indices = nearest_palette(f)
+        ident = identity_consistency(f, layout if layout is not None else bs, undo_upscale=False, indices=indices)
         metrics.update(identity_background=ident["frames_background"], identity_sprites=ident["frames_sprites"],
                        identity_both=ident["frames_both"], identity_chunks=ident["chunks_both"],
                        identity_texture=ident["frames_texture"])
         metrics.update(caption_adherence(ident, caption) if caption is not None
                        else {"caption_background": None, "caption_sprites": None, "caption_texture": None})
         backgrounds = [PALETTE_NAMES.index(b) for b in ident["per_frame_background"]]
-        shapes = shape_quality(nearest_palette(f), backgrounds, ident["min_area"])
+        shapes = shape_quality(indices, backgrounds, ident["min_area"])
         metrics.update({k: shapes[k] for k in ("shape_iou", "shape_clean", "shape_consistency")})
         ident["per_frame_shapes"] = shapes["per_frame_shapes"]
         out["identity"] = ident

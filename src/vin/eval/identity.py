@@ -155,7 +155,8 @@ def _names(indices: Sequence[int]) -> list[str]:
 
 
 def identity_consistency(frames: np.ndarray, chunks: Sequence[Sequence[int]] | Sequence[int] | None = None,
-                         min_area: int | None = None, undo_upscale: bool = True) -> dict:
+                         min_area: int | None = None, undo_upscale: bool = True,
+                         indices: np.ndarray | None = None) -> dict:
     """Identity of a sprite-world video and how consistently every frame and chunk keeps it.
 
     ``chunks``: chunk windows ``[(start, end), ...]`` or boundaries ``[b1, b2, ...]`` (None: one
@@ -165,14 +166,18 @@ def identity_consistency(frames: np.ndarray, chunks: Sequence[Sequence[int]] | S
     frames whose background / sprite set / both / texture equal the majority (``frames_background``,
     ``frames_sprites``, ``frames_both``, ``frames_texture``), the same for chunks judged by each chunk's own majority
     (``chunks_background``, ``chunks_sprites``, ``chunks_both``), the per-chunk majorities and the
-    per-frame identities (``per_frame_background``, ``per_frame_sprites``, ``per_frame_texture``)."""
+    per-frame identities (``per_frame_background``, ``per_frame_sprites``, ``per_frame_texture``).
+    ``indices``: the frames' ``nearest_palette`` indices, when the caller has them already (only
+    with ``undo_upscale=False``: they must be of the frames as judged)."""
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {getattr(frames, 'shape', type(frames).__name__)}")
+    if indices is not None and (undo_upscale or indices.shape != frames.shape[:3]):
+        raise ValueError(f"indices must be (T, H, W) = {frames.shape[:3]} and come with undo_upscale=False")
     factor = detect_upscale(frames) if undo_upscale else 1
     frames = downscale(frames, factor)
     t, h, w, _ = frames.shape
     min_area = default_min_area(h, w) if min_area is None else int(min_area)
-    indices = nearest_palette(frames)
+    indices = nearest_palette(frames) if indices is None else indices
     per_frame = [frame_identity(indices[i], min_area) for i in range(t)]
     textures = [frame_texture(frames[i], indices[i], b) for i, (b, _) in enumerate(per_frame)]
     maj_tex = _majority(textures)
