@@ -10,7 +10,8 @@ whole-frame loss of the training log is dominated by the background, which a mod
 this is the part it learns slowly. A run keeps only its last `train.keep_checkpoints` checkpoints:
 raise it for a curve. Wall time comes from
 the run's log (`wall_s` of the checkpoint's step; a resumed run's clock restarts, so use runs
-trained in one go). `--point` adds a single weights file (its step from its metadata) as a marker.
+trained in one go; `--panels step` leaves the wall-time panel out, e.g. for runs continued from
+other weights). `--point` adds a single weights file (its step from its metadata) as a marker.
 Results are cached per checkpoint file and t in `--cache`, so a growing run can be re-measured cheaply.
 Bad input (a missing run or file, a run without checkpoints, a bad option value, an unreadable
 cache) is a one-line error and exit status 2; the cache and the figure are written atomically.
@@ -62,17 +63,18 @@ def measure(files: list[Path], ts: list[float], batches: int, chunks: int, cache
 
 
 def plot(curves: dict[str, list[tuple[int, float | None, dict[float, float]]]], points: dict[str, tuple[int, dict[float, float]]],
-         ts: list[float], out: Path, chunks: int = 1) -> Path:
+         ts: list[float], out: Path, chunks: int = 1, panels: tuple[str, ...] = ("step", "wall")) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), dpi=120, squeeze=False)
+    axes = axes[0]
     styles = ["-", "--", ":", "-."]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, x_of in ((axes[0], "step"), (axes[1], "wall")):
+    for ax, x_of in zip(axes, panels):
         for c, (label, rows) in enumerate(curves.items()):
             for s, t in enumerate(ts):
                 # log axes: only positive values (a step-0 checkpoint, a record without wall time are left out)
@@ -118,6 +120,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", type=Path, default=Path("outputs/learning-curve.json"))
     p.add_argument("--out", type=Path, default=Path("outputs/learning-curve.png"))
+    p.add_argument("--panels", nargs="+", choices=["step", "wall"], default=["step", "wall"],
+                   help="x axes to draw (wall: the run's own training time; leave it out for runs continued "
+                        "from other weights, whose logs start at 0)")
     args = p.parse_args()
     try:
         curves, points = run(args)
@@ -132,7 +137,7 @@ def main() -> int:
     for label, (step, errs) in points.items():
         lines.append(f"| {label} | {step} |  | " + " | ".join(f"{errs[t]:.4f}" for t in args.t) + " |")
     print("\n".join(lines))
-    print(plot(curves, points, args.t, args.out, args.chunks))
+    print(plot(curves, points, args.t, args.out, args.chunks, tuple(dict.fromkeys(args.panels))))
     return 0
 
 
