@@ -70,7 +70,7 @@ def plot(curves: dict[str, list[tuple[int, float | None, dict[float, float]]]], 
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(8.0, 5.5 * len(panels)), 4), dpi=120, squeeze=False)
     axes = axes[0]
     styles = ["-", "--", ":", "-."]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -91,9 +91,11 @@ def plot(curves: dict[str, list[tuple[int, float | None, dict[float, float]]]], 
         if not ax.lines:
             ax.text(0.5, 0.5, "no wall times in the runs' logs", ha="center", va="center", transform=ax.transAxes)
             continue
-        ax.set_xscale("log")
+        xs = [x for line in ax.lines for x in line.get_xdata()]
+        if max(xs) >= 10 * min(xs):  # a power law is a line; a span under a decade reads better linear
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_yscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training step" if x_of == "step" else "training wall time (h)")
         ax.set_ylabel("x0 MSE on sprite pixels (held-out)")
         ax.grid(True, which="both", alpha=0.3)
