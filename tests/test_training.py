@@ -845,6 +845,20 @@ def test_init_from_exported_weights_continues_from_its_step(tmp_path):
         train(other, tmp_path / "c", progress=False)
 
 
+def test_mark_labels_take_the_first_free_line():
+    """label_rows: a label goes on the first line whose last label ends (with the gap) before it
+    starts; a long label keeps its line busy past later, shorter ones."""
+    from vin.training.logplot import label_rows
+
+    assert label_rows([]) == []
+    assert label_rows([(0, 10), (20, 30), (40, 50)]) == [0, 0, 0]  # apart: all on the first line
+    assert label_rows([(0, 100), (20, 30), (40, 50), (60, 70)]) == [0, 1, 1, 1]
+    assert label_rows([(0, 100), (20, 60), (40, 50), (61, 70), (102, 110)]) == [0, 1, 2, 2, 0]
+    assert label_rows([(0, 100), (20, 60), (40, 50), (61, 70), (101, 110)]) == [0, 1, 2, 2, 1]  # line 0 not yet free
+    assert label_rows([(0, 10), (11, 20)]) == [0, 1]  # closer than the 2-unit gap
+    assert label_rows([(0, 10), (12, 20)]) == [0, 0]
+
+
 def test_loss_plot_with_marks(tmp_path):
     """plot_losses: one PNG for several runs; marks are drawn; labels must match the runs."""
     from PIL import Image

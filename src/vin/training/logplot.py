@@ -49,6 +49,21 @@ def parse_marks(specs: Sequence[str] | None) -> dict[int, str]:
     return marks
 
 
+def label_rows(spans: Sequence[tuple[float, float]], gap: float = 2.0) -> list[int]:
+    """Line of each label, given their horizontal (start, end) extents in the order of their
+    starts: the first line whose last label ends at least `gap` before this one starts."""
+    ends: list[float] = []
+    rows = []
+    for start, end in spans:
+        row = next((i for i, e in enumerate(ends) if e + gap <= start), len(ends))
+        if row == len(ends):
+            ends.append(end)
+        else:
+            ends[row] = end
+        rows.append(row)
+    return rows
+
+
 def plot_losses(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None,
                 window: int = 8, title: str | None = None, marks: dict[int, str] | None = None) -> Path:
     """Training loss against step for each run (raw, faint; smoothed, solid), log-scale loss.
@@ -68,15 +83,11 @@ def plot_losses(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequenc
         loss = [r["loss"] for r in log]
         (line,) = ax.plot(steps, smooth(loss, window), label=f"{label} (last {loss[-1]:.4f})" if loss else label)
         ax.plot(steps, loss, color=line.get_color(), alpha=0.25, linewidth=0.8)
-    lo, hi = ax.get_xlim()
-    row, previous = 0, None
+    notes = []
     for step, text in sorted((marks or {}).items()):
         ax.axvline(step, color="grey", linestyle="--", linewidth=0.8)
-        # a label close to the previous one goes one line lower, so neighbouring labels do not overlap
-        row = row + 1 if previous is not None and step - previous < 0.12 * (hi - lo) else 0
-        previous = step
-        ax.annotate(text, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3 - 9 * (row % 3)),
-                    textcoords="offset points", va="top", fontsize=7, color="dimgrey")
+        notes.append(ax.annotate(text, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
+                                 textcoords="offset points", va="top", fontsize=7, color="dimgrey"))
     ax.set_xlabel("step")
     ax.set_ylabel("flow-matching loss (MSE on velocity)")
     ax.set_yscale("log")
@@ -85,6 +96,11 @@ def plot_losses(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequenc
     if title:
         ax.set_title(title)
     fig.tight_layout()
+    if notes:  # each mark's label goes on the first line where it overlaps no earlier label
+        renderer = fig.canvas.get_renderer()
+        spans = [(n.get_window_extent(renderer).x0, n.get_window_extent(renderer).x1) for n in notes]
+        for note, row in zip(notes, label_rows(spans)):
+            note.set_position((3, -3 - 9 * row))
     out = Path(out)
     with atomic_path(out) as tmp:
         fig.savefig(tmp)
