@@ -56,7 +56,6 @@ def model_row(path: str, video: torch.Tensor, captions: list[str], noise: torch.
     return estimates, samples
 
 
-
 def sample_starts(ts: list[float]) -> list[float]:
     """The t of each sampling column: those of `ts`, then plain generation (t = 1) unless already there."""
     return [*ts] if 1.0 in ts else [*ts, 1.0]

@@ -276,6 +276,9 @@ def test_identity_takes_precomputed_indices():
     idx = nearest_palette(frames)
     assert identity_consistency(frames, [8, 16, 24], undo_upscale=False, indices=idx) == \
         identity_consistency(frames, [8, 16, 24], undo_upscale=False)
+    other = nearest_palette(render(two_sprites(first_colour=1), CFG, 0, 32))  # the square green throughout
+    assert identity_consistency(frames, [8, 16, 24], undo_upscale=False, indices=other)["sprites"] != \
+        identity_consistency(frames, [8, 16, 24], undo_upscale=False)["sprites"]  # the given indices are the ones judged
     with pytest.raises(ValueError, match="indices"):
         identity_consistency(frames, [8], undo_upscale=False, indices=idx[:, :16])
     with pytest.raises(ValueError, match="undo_upscale"):

@@ -98,8 +98,8 @@ def plot_losses(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequenc
     fig.tight_layout()
     if notes:  # each mark's label goes on the first line where it overlaps no earlier label
         renderer = fig.canvas.get_renderer()
-        spans = [(n.get_window_extent(renderer).x0, n.get_window_extent(renderer).x1) for n in notes]
-        for note, row in zip(notes, label_rows(spans)):
+        boxes = [n.get_window_extent(renderer) for n in notes]
+        for note, row in zip(notes, label_rows([(b.x0, b.x1) for b in boxes])):
             note.set_position((3, -3 - 9 * row))
     out = Path(out)
     with atomic_path(out) as tmp:
