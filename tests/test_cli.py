@@ -238,6 +238,15 @@ def test_resume_through_cli(ws, capsys):
     assert (ws / "run/checkpoints/step-0000003.safetensors").is_file()
 
 
+def test_resume_from_through_cli(ws, capsys):
+    rc, out, err = vin_inprocess(["train", *TRAIN_ARGS, "--train.steps=3", "--out", "fork", "--resume-from", CKPT], capsys)
+    assert rc == 0, err
+    assert "trained to step 3" in out
+    assert [p.name for p in (ws / "fork/checkpoints").iterdir()] == ["step-0000003.safetensors"]
+    steps = [json.loads(line)["step"] for line in (ws / "fork/log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 3 and steps == sorted(steps)
+
+
 # ----------------------------------------------------------------------------------------- help
 
 
@@ -321,6 +330,10 @@ BAD_INPUT = [
     ("resume_other_model", TRAIN + ["--train.steps=4", "--model.dit.depth=1", "--out", "run", "--resume"],
      ["model.dit.depth"]),
     ("resume_nothing", TRAIN + ["--out", "new", "--resume"], ["nothing to resume"]),
+    ("resume_from_not_a_checkpoint", TRAIN + ["--out", "new", "--resume-from", "existing.json"], ["existing.json"]),
+    ("resume_from_missing", TRAIN + ["--out", "new", "--resume-from", "nope.safetensors"], ["nope.safetensors"]),
+    ("resume_from_into_a_run", TRAIN + ["--out", "run", "--resume-from", CKPT], ["already holds checkpoints"]),
+    ("resume_from_and_resume", TRAIN + ["--out", "run", "--resume", "--resume-from", CKPT], ["--resume-from"]),
     ("run_dir_is_a_file", TRAIN + ["--out", "existing.json"], ["existing.json", "not a run directory"]),
     ("train_bad_device", TRAIN + ["--device", "cuda:99", "--out", "new"], ["cuda:99"]),
     ("export_missing", ["export", "nope.safetensors", "--out", "existing.json"], ["nope.safetensors"]),

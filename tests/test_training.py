@@ -331,6 +331,75 @@ def test_resume_continues_exactly(tmp_path):
     assert json.loads((b / "config.json").read_text())["train"]["steps"] == 6
 
 
+def test_resume_from_forks_a_run_as_it_would_have_gone_on(tmp_path):
+    """--resume-from a middle checkpoint of run a into a new directory: the same log (the records up
+    to the fork copied, the rest trained) and bit-identical final weights, EMA and optimizer state
+    as a itself; run a is left untouched."""
+    cfg = tiny_cfg("train.steps=6", "train.ckpt_every=3", "train.keep_checkpoints=10", "train.warmup_steps=2")
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(cfg, a, progress=False)
+    before = snapshot(a)
+    stats = train(cfg, b, resume_from=a / "checkpoints/step-0000003.safetensors", progress=False)
+    assert snapshot(a) == before
+    assert stats["step"] == 6
+    assert [p.name for p in checkpoints(b)] == ["step-0000006.safetensors"]
+    log_a, log_b = read_log(a), read_log(b)
+    assert sorted(log_b) == sorted(log_a) == [1, 2, 3, 4, 5, 6]
+    for step in range(1, 7):
+        for key in ("loss", "lr", "grad_norm"):
+            assert log_a[step][key] == log_b[step][key], (step, key)
+    final_a, final_b = load_file(str(checkpoints(a)[-1])), load_file(str(checkpoints(b)[-1]))
+    assert final_a.keys() == final_b.keys() and any(k.startswith("optim.") for k in final_b)
+    for k in final_a:
+        assert torch.equal(final_a[k], final_b[k]), k
+
+
+def test_resume_from_branches_a_cool_down_off_a_constant_rate_run(tmp_path):
+    """A cool-down forked off a constant-rate run keeps the rate where it was and decays over the
+    new run's last decay_steps (warmup-stable-decay); starting from the same weights with
+    train.init_from instead warms up again (the cost RESULTS measured)."""
+    trunk = tiny_cfg("train.steps=2", "train.warmup_steps=1", "train.lr_decay=constant", "train.lr=0.001")
+    train(trunk, tmp_path / "trunk", progress=False)
+    source = tmp_path / "trunk/checkpoints/step-0000002.safetensors"
+    cool = tiny_cfg("train.steps=6", "train.keep_checkpoints=10", "train.warmup_steps=3", "train.lr_decay=linear",
+                    "train.decay_steps=2", "train.lr=0.001", "train.lr_min_ratio=0")
+    train(cool, tmp_path / "cool", resume_from=source, progress=False)
+    lrs = {s: r["lr"] for s, r in read_log(tmp_path / "cool").items() if s > 2}
+    # the full rate from the first step: the trunk began at step 0, so the 3-step warm-up is over;
+    # the linear decay over the last 2 steps (indices 4-5) reaches 0 at step 6
+    assert [lrs[s] for s in (3, 4, 5, 6)] == pytest.approx([0.001, 0.001, 0.001, 0.0005])
+    assert [lrs[s] for s in (3, 4, 5, 6)] == pytest.approx([learning_rate(cool.train, s - 1, start=0) for s in (3, 4, 5, 6)])
+    from vin.checkpoint import export_weights
+    weights = export_weights(source, tmp_path / "w.safetensors")
+    train(with_train(cool, init_from=str(weights)), tmp_path / "init", progress=False)
+    rewarm = {s: r["lr"] for s, r in read_log(tmp_path / "init").items()}
+    assert [rewarm[s] for s in (3, 4, 5)] == pytest.approx([0.001 / 3, 0.002 / 3, 0.001])
+
+
+def test_resume_from_refuses_what_it_cannot_continue(tmp_path):
+    """One-line errors, nothing written: an exported file (no optimizer state), a missing file,
+    another model config, a --out that holds checkpoints, together with --resume or init_from."""
+    from vin.checkpoint import export_weights
+    cfg = tiny_cfg("train.steps=2", "train.ckpt_every=1", "train.keep_checkpoints=10")
+    train(cfg, tmp_path / "a", progress=False)
+    source = tmp_path / "a/checkpoints/step-0000001.safetensors"
+    weights = export_weights(source, tmp_path / "w.safetensors")
+    before = snapshot(tmp_path)
+    cases = [
+        (cfg, tmp_path / "b", False, weights, "holds no optimizer state.*train.init_from"),
+        (cfg, tmp_path / "b", False, tmp_path / "nope.safetensors", "no checkpoint at"),
+        (tiny_cfg("train.steps=2", "model.dit.depth=1"), tmp_path / "b", False, source, "different model config.*model.dit.depth"),
+        (cfg, tmp_path / "a", False, source, "already holds checkpoints.*nothing is deleted"),
+        (cfg, tmp_path / "a", True, source, "pass one of them"),
+        (with_train(cfg, init_from=str(weights)), tmp_path / "b", False, source, "init_from both"),
+    ]
+    for c, out, resume, src, message in cases:
+        with pytest.raises(CheckpointError, match=message) as err:
+            train(c, out, resume=resume, resume_from=src, progress=False)
+        assert "\n" not in str(err.value)
+        assert snapshot(tmp_path) == before, message
+
+
 def test_compiled_training_follows_the_eager_run(tmp_path, monkeypatch):
     """train.compile compiles the repeated blocks in place: the same losses and weights as the eager
     run (to float rounding of fused kernels), the same checkpoint keys, and a compiled run resumes an

@@ -16,7 +16,10 @@ from vin.config import SOLVERS, STRATEGIES, SampleConfig, load_config
 from vin.distributed import DistributedError, launched_by_torchrun
 
 EPILOG_TRAIN = """Any config field can be overridden as --section.key=value, e.g.
-  vin train --config configs/vin-s.yaml --train.steps=2000 --model.vin.enabled=false --out runs/ablation"""
+  vin train --config configs/vin-s.yaml --train.steps=2000 --model.vin.enabled=false --out runs/ablation
+A cool-down branched off a constant-rate run (warmup-stable-decay), which goes on untouched:
+  vin train --config configs/vin-s.yaml --out runs/cool-24000 --train.steps=24600 --train.decay_steps=600 \
+      --resume-from runs/trunk/checkpoints/step-0024000.safetensors"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,15 +53,16 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = load_config(args.config, overrides, preset=args.preset)
     out = Path(args.out or f"runs/{cfg.name}")
     _check_device(args.device)
-    check_run_dir(cfg, out, args.resume)  # before anything is printed: bad input ends in one line
+    check_run_dir(cfg, out, args.resume, args.resume_from)  # before anything is printed: bad input ends in one line
     if not launched_by_torchrun():
         print(describe(cfg), file=sys.stderr)
-        stats = train(cfg, out, resume=args.resume, device=args.device, progress=not args.quiet)
+        stats = train(cfg, out, resume=args.resume, device=args.device, progress=not args.quiet,
+                      resume_from=args.resume_from)
     else:  # torchrun --nproc_per_node P -m vin train ...: DDP, train.batch_size is the global batch
         with _torchrun_group(args.device) as ctx:
             if ctx.rank == 0:
                 print(f"{describe(cfg)}; data-parallel on {ctx.world} processes", file=sys.stderr)
-            stats = train(cfg, out, resume=args.resume, progress=not args.quiet, ctx=ctx)
+            stats = train(cfg, out, resume=args.resume, progress=not args.quiet, ctx=ctx, resume_from=args.resume_from)
             if ctx.rank != 0:
                 return _stopped_code(stats)
     if "stopped_by" in stats:
@@ -319,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="named size when no --config names one (VIN-XS/4, VIN-S/4, VIN-B/4)")
     p.add_argument("--out", help="run directory (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume-from", type=Path, metavar="CKPT",
+                   help="start --out (a new run directory) where the run that wrote this training checkpoint "
+                        "would have gone on: weights, optimizer, step, schedule and log (e.g. a cool-down "
+                        "branched off a constant-rate run)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)

@@ -88,18 +88,35 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
 
 
-def check_run_dir(cfg: Config, run_dir: str | Path, resume: bool) -> list[Path]:
-    """The run directory's checkpoints, after checking that `train` may start there: no
-    checkpoints unless resuming, and when resuming, ones of the same model config."""
+def check_run_dir(cfg: Config, run_dir: str | Path, resume: bool, resume_from: str | Path | None = None) -> list[Path]:
+    """The checkpoints `train` resumes from (the run directory's; `[resume_from]` for a fork),
+    after checking that it may start there: no checkpoints in `run_dir` unless resuming, and when
+    resuming, a checkpoint of the same model config. `resume_from` (a training checkpoint with its
+    optimizer state) starts a new run directory where the run that wrote it would have gone on."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"{run_dir} is a file, not a run directory")
     existing = checkpoints(run_dir)
-    if resume and not existing:
+    if resume_from is not None:
+        source = Path(resume_from)
+        if resume:
+            raise CheckpointError("--resume continues --out's newest checkpoint, --resume-from another one: pass one of them")
+        if cfg.train.init_from:
+            raise CheckpointError("--resume-from and train.init_from both name where to start: pass one of them")
+        if existing:
+            raise CheckpointError(f"{run_dir} already holds checkpoints; --resume-from starts a new run: "
+                                  "choose another --out (nothing is deleted)")
+        if not source.is_file():
+            raise CheckpointError(f"--resume-from: no checkpoint at {source}")
+        if "optim_groups" not in read_metadata(source):
+            raise CheckpointError(f"--resume-from: {source} holds no optimizer state (an exported checkpoint); "
+                                  "start from its weights with --train.init_from instead")
+        existing = [source]
+    elif resume and not existing:
         raise CheckpointError(f"nothing to resume: no checkpoints in {run_dir / 'checkpoints'}")
-    if not resume and existing:
+    elif not resume and existing:
         raise CheckpointError(f"{run_dir} already holds checkpoints; pass --resume or choose another --out")
-    if resume:
+    if resume or resume_from is not None:
         old = checkpoint_config(existing[-1])
         if old.model != cfg.model:
             raise CheckpointError(f"{existing[-1]} was trained with a different model config: {_first_diff(old.model, cfg.model)}")
@@ -150,7 +167,8 @@ def batch_rows(batch_size: int, rank: int, world: int) -> tuple[int, int]:
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = "cpu",
-          progress: bool = True, ctx: "DistContext | None" = None) -> dict[str, float]:
+          progress: bool = True, ctx: "DistContext | None" = None,
+          resume_from: str | Path | None = None) -> dict[str, float]:
     """Train until `cfg.train.steps`; returns the last logged statistics.
 
     Data-parallel with `ctx` (a `vin.distributed.group.DistContext` of several processes; every
@@ -173,6 +191,12 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     possibly the next) with a checkpoint and a log record of that step (`"stopped": true` when no
     record was due there); the returned stats then name the signal (`stopped_by`), and
     `resume=True` continues with the weights and per-step losses of a run that never stopped.
+
+    `resume_from` (a training checkpoint, e.g. a constant-rate step of another run) starts
+    `run_dir` as that run would have gone on from there: weights, EMA, optimizer state, step and
+    schedule, and the source run's log records up to that step when the checkpoint sits in a run
+    directory. The same steps follow as in the source run (the data and noise are the step's), so
+    a cool-down can branch off a long constant-rate run without the re-warm of train.init_from.
     """
     run_dir = Path(run_dir)
     tc = cfg.train
@@ -181,7 +205,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     device = ctx.device if parallel else device
     main = rank == 0
     lo, hi = batch_rows(tc.batch_size, rank, world)
-    existing = check_run_dir(cfg, run_dir, resume)
+    existing = check_run_dir(cfg, run_dir, resume, resume_from)
+    resume = resume or resume_from is not None
     if tc.threads:
         torch.set_num_threads(tc.threads)
     # "auto" is resolved here, and the run's config.json and checkpoints record what it chose
@@ -209,7 +234,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", cfg.to_json())
-        if resume:
+        if resume_from is not None:
+            _copy_log(Path(resume_from), run_dir / "log.jsonl", step)
+        elif resume:
             _truncate_log(run_dir / "log.jsonl", step)
 
     stream = training_batches(cfg, step, tc.data_workers, pin_memory=torch.device(device).type == "cuda",
@@ -380,6 +407,16 @@ def _truncate_log(path: Path, step: int) -> None:
     keep = [line for line in lines if not line.strip() or json.loads(line).get("step", 0) <= step]
     if len(keep) != len(lines):
         atomic_write_text(path, "".join(keep))
+
+
+def _copy_log(checkpoint: Path, dest: Path, step: int) -> None:
+    """Start `dest` with the log records up to `step` of the run `checkpoint` belongs to
+    (`<run>/checkpoints/step-N.safetensors` -> `<run>/log.jsonl`), when there is one and `dest`
+    does not exist yet (a log left there is appended to, as by a new run)."""
+    source = checkpoint.parent.parent / "log.jsonl"
+    if checkpoint.parent.name == "checkpoints" and source.is_file() and not dest.exists():
+        atomic_write_text(dest, source.read_text())
+        _truncate_log(dest, step)
 
 
 def _read_finite(losses: list[Tensor] | list[float], step: int) -> list[float]:
