@@ -143,13 +143,13 @@ def main() -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> tuple[dict, dict]:
-    """Check the arguments, measure (through the cache), save the cache; (curves, points)."""
+def checked(args: argparse.Namespace) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]], dict]:
+    """The arguments checked, before anything is measured: (runs, points, the cache's contents),
+    each run and point as (label, path); a ValueError names the first bad one."""
     if args.every < 1 or args.batches < 1 or args.chunks < 1 or args.threads < 1:
         raise ValueError("--every, --batches, --chunks and --threads must be >= 1")
     if not all(0 < t <= 1 for t in args.t):
         raise ValueError(f"--t must be in (0, 1], got {args.t}")
-    torch.set_num_threads(args.threads)
 
     def split(spec: str, what: str, exists) -> tuple[str, Path]:
         label, _, path = spec.partition("=")
@@ -169,6 +169,13 @@ def run(args: argparse.Namespace) -> tuple[dict, dict]:
         cache = json.loads(args.cache.read_text()) if args.cache.is_file() else {}
     except json.JSONDecodeError as e:
         raise ValueError(f"{args.cache} is not a learning-curve cache ({e}); move it away") from None
+    return runs, extra, cache
+
+
+def run(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Check the arguments (`checked`), measure through the cache and save it; (curves, points)."""
+    runs, extra, cache = checked(args)
+    torch.set_num_threads(args.threads)
     curves, points = {}, {}
     try:
         for label, path in runs:
