@@ -60,6 +60,7 @@ print(f"| {sys.argv[2]} ({m['identity_background']['n']} videos) | {sys.argv[3]}
 chance = json.load(open(sys.argv[1]))["summary"]["mismatched_captions"]["caption_sprites"]["mean"]
 if chance is not None:
     print(f"  caption sprites {cell('caption_sprites', False)} (chance: {chance:.2f}, on the videos of the other prompts)")
-print(f"  sprite shapes: IoU {cell('shape_iou')}, clean {cell('shape_clean', False)}, consistency {cell('shape_consistency', False)}")
+print(f"  sprite shapes: IoU {cell('shape_iou')}, clean {cell('shape_clean', False)}, consistency {cell('shape_consistency', False)}, "
+      f"frames with a sprite {cell('shape_present', False)}")
 EOF
 done

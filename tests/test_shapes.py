@@ -81,11 +81,25 @@ def test_shape_consistency_counts_a_change_of_shape():
     q = shape_quality(frames, [2] * 8, MIN_AREA)
     assert (q["shape_iou"], q["shape_clean"], q["shape_consistency"]) == (1.0, 1.0, 0.75)
     assert q["per_frame_shapes"][7] == [["red", "square", "large", 1.0]]
+    assert q["shape_present"] == 1.0
     # two colours pooled: red shown in 4 frames (3 circles, 1 square), yellow in 3 (always a diamond)
     q = shape_quality(np.stack([both, both, circle, square, small]), [2] * 5, MIN_AREA)
     assert q["shape_consistency"] == pytest.approx(6 / 7)
     empty = shape_quality(np.stack([bg, bg]), [2, 2], MIN_AREA)
     assert (empty["shape_iou"], empty["shape_clean"], empty["shape_consistency"]) == (None, None, None)
+    assert empty["shape_present"] == 0.0
+
+
+def test_shape_present_counts_the_frames_whose_sprites_vanished():
+    """Frames without a region (background only, or a sprite shattered into specks below
+    min_area) count nowhere in the fits; shape_present is the share of frames with one."""
+    bg = np.full((32, 32), 2)
+    circle = np.where(template("circle", "large", 16.0, 16.0), 0, bg)
+    specks = bg.copy()
+    specks[4:32:6, 4:32:6] = 0  # 25 isolated red pixels: no core left after the erosion
+    q = shape_quality(np.stack([circle, bg, circle, specks]), [2] * 4, MIN_AREA)
+    assert q["shape_present"] == 0.5
+    assert (q["shape_iou"], q["shape_clean"], q["shape_consistency"]) == (1.0, 1.0, 1.0)  # as if 2 frames long
 
 
 def smear(frames: np.ndarray, background: int) -> np.ndarray:
@@ -115,6 +129,8 @@ def test_the_rendered_world_scores_high_and_a_smeared_one_low():
     assert np.mean([m["shape_iou"] for m in clean]) >= 0.9
     assert np.mean([m["shape_clean"] for m in clean]) >= 0.9
     assert np.mean([m["shape_consistency"] for m in clean]) >= 0.9
+    assert [m["shape_present"] for m in clean] == [1.0] * 6  # every frame of the world shows a sprite
+    assert [m["shape_present"] for m in smeared] == [1.0] * 6
     assert np.mean([m["shape_iou"] for m in smeared]) < 0.8
     assert np.mean([m["shape_clean"] for m in smeared]) < 0.5
     assert evaluate_frames(frames, None, synthetic=False)["metrics"]["shape_iou"] is None

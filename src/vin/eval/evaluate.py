@@ -43,6 +43,7 @@ METRIC_NAMES = (
     "drift_last", "drift_mean", "drift_slope_per_frame",
     "identity_background", "identity_sprites", "identity_both", "identity_chunks", "identity_texture",
     "caption_background", "caption_sprites", "caption_texture", "shape_iou", "shape_clean", "shape_consistency",
+    "shape_present",
 )
 
 
@@ -130,7 +131,7 @@ def evaluate_frames(frames: np.ndarray, boundaries: Sequence[int] | None = None,
                        else {"caption_background": None, "caption_sprites": None, "caption_texture": None})
         backgrounds = [PALETTE_NAMES.index(b) for b in ident["per_frame_background"]]
         shapes = shape_quality(indices, backgrounds, ident["min_area"])
-        metrics.update({k: shapes[k] for k in ("shape_iou", "shape_clean", "shape_consistency")})
+        metrics.update({k: shapes[k] for k in ("shape_iou", "shape_clean", "shape_consistency", "shape_present")})
         ident["per_frame_shapes"] = shapes["per_frame_shapes"]
         out["identity"] = ident
     else:

@@ -41,13 +41,14 @@ DIRECTIONS = {
     "shape_iou": "max",
     "shape_clean": "max",
     "shape_consistency": "max",
+    "shape_present": "max",
     "flops": "min",
     "wall_s": "min",
 }
 # Shown in the tables and plots, in this order, when the evaluation produced them.
 TABLE_METRICS = ("identity_both", "identity_background", "identity_sprites", "identity_chunks", "identity_texture",
                  "caption_background", "caption_sprites", "caption_texture", "shape_iou", "shape_clean",
-                 "shape_consistency", "seam_score", "subject_consistency",
+                 "shape_consistency", "shape_present", "seam_score", "subject_consistency",
                  "background_consistency", "temporal_flickering", "motion_smoothness_proxy", "warp_error",
                  "mawe", "dynamic_degree_proxy", "mean_flow_magnitude", "scene_cuts", "drift_last", "drift_slope_per_frame")
 CURVES = ("frame_diff", "sim_to_first")

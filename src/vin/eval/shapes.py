@@ -21,11 +21,13 @@ squares sometimes read as small circles; a blob of the wrong outline scores far 
 ``shape_clean``, the share of regions with best IoU >= ``CLEAN_IOU``; ``shape_consistency``, for
 each colour the share of the frames showing it whose largest region of that colour fits the
 colour's majority (shape, size), pooled over colours (1: no sprite ever changes shape or size).
-None where no frame has a region.
+None where no frame has a region. ``shape_present``, the share of frames with at least one
+region: a frame whose sprites vanished (or shattered into specks below ``min_area``) counts
+nowhere in the three above; every frame of the world shows a sprite, so it scores 1.
 
-What they do not judge: a frame without any sprite region counts nowhere here (a missing or
-shattered sprite lowers the identity and caption measures instead), and a sprite partly hidden
-behind another keeps a smaller region, so the rendered world itself stays below 1.
+What they do not judge: a sprite partly hidden behind another keeps a smaller region, so the
+rendered world itself stays below 1 on the fits; a missing second sprite leaves a frame present
+(the identity and caption measures see it).
 """
 
 from __future__ import annotations
@@ -107,8 +109,8 @@ def frame_regions(indices: np.ndarray, background: int, min_area: int) -> list[R
 
 def shape_quality(indices: np.ndarray, backgrounds: list[int], min_area: int) -> dict:
     """Shape metrics of a video given as palette indices (T, H, W) and each frame's background
-    index: ``shape_iou``, ``shape_clean``, ``shape_consistency`` (see the module docstring) and
-    ``per_frame_shapes``, per frame ``[[colour name, shape, size, iou], ...]``."""
+    index: ``shape_iou``, ``shape_clean``, ``shape_consistency``, ``shape_present`` (see the module
+    docstring) and ``per_frame_shapes``, per frame ``[[colour name, shape, size, iou], ...]``."""
     per_frame = [frame_regions(indices[i], backgrounds[i], min_area) for i in range(len(indices))]
     regions = [r for rs in per_frame for r in rs]
     largest: dict[int, list[tuple[str, str]]] = {}  # colour -> (shape, size) of its largest region, per frame shown
@@ -122,6 +124,7 @@ def shape_quality(indices: np.ndarray, backgrounds: list[int], min_area: int) ->
         "shape_iou": float(np.mean([r.iou for r in regions])) if regions else None,
         "shape_clean": sum(r.iou >= CLEAN_IOU for r in regions) / len(regions) if regions else None,
         "shape_consistency": kept / shown if shown else None,
+        "shape_present": sum(bool(rs) for rs in per_frame) / len(per_frame) if per_frame else None,
         "per_frame_shapes": [[[PALETTE_NAMES[r.colour], r.shape, r.size, round(r.iou, 4)] for r in rs]
                              for rs in per_frame],
     }
