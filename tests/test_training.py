@@ -376,9 +376,29 @@ def test_resume_from_branches_a_cool_down_off_a_constant_rate_run(tmp_path):
     assert [rewarm[s] for s in (3, 4, 5)] == pytest.approx([0.001 / 3, 0.002 / 3, 0.001])
 
 
+def test_resume_from_copies_the_log_from_a_relative_path_and_notes_what_differs(tmp_path, monkeypatch, capsys):
+    """A relative checkpoint path still finds its run's log (records past the step and a half-written
+    last line left out); train.init_from is ignored as under --resume; a changed data setting and a
+    decay that begins before the checkpoint's step are each named in a note."""
+    cfg = tiny_cfg("train.steps=4", "train.ckpt_every=2", "train.keep_checkpoints=10", "train.lr_decay=constant")
+    train(cfg, tmp_path / "a", progress=False)
+    with open(tmp_path / "a/log.jsonl", "a") as f:
+        f.write('{"step": 9, "lo')  # a source run still writing
+    monkeypatch.chdir(tmp_path / "a/checkpoints")
+    fork = with_train(cfg, steps=6, lr_decay="linear", decay_steps=5, init_from="no/such/file.safetensors")
+    fork = replace(fork, data=replace(fork.data, max_sprites=1))
+    capsys.readouterr()
+    train(fork, tmp_path / "b", resume_from="step-0000002.safetensors", progress=False)
+    err = capsys.readouterr().err
+    assert sorted(read_log(tmp_path / "b")) == [1, 2, 3, 4, 5, 6]
+    assert "data.max_sprites" in err and "train.steps" not in err and "train.decay_steps" not in err.split("decay begins")[0]
+    assert "the decay begins at step 1, before step-0000002.safetensors's step 2" in err
+
+
 def test_resume_from_refuses_what_it_cannot_continue(tmp_path):
-    """One-line errors, nothing written: an exported file (no optimizer state), a missing file,
-    another model config, a --out that holds checkpoints, together with --resume or init_from."""
+    """One-line errors, nothing written: an exported file (no optimizer state), a missing file, a
+    folder, another model config, a --out that holds checkpoints or a log, a checkpoint at or past
+    train.steps, together with --resume."""
     from vin.checkpoint import export_weights
     cfg = tiny_cfg("train.steps=2", "train.ckpt_every=1", "train.keep_checkpoints=10")
     train(cfg, tmp_path / "a", progress=False)
@@ -391,8 +411,13 @@ def test_resume_from_refuses_what_it_cannot_continue(tmp_path):
         (tiny_cfg("train.steps=2", "model.dit.depth=1"), tmp_path / "b", False, source, "different model config.*model.dit.depth"),
         (cfg, tmp_path / "a", False, source, "already holds checkpoints.*nothing is deleted"),
         (cfg, tmp_path / "a", True, source, "pass one of them"),
-        (with_train(cfg, init_from=str(weights)), tmp_path / "b", False, source, "init_from both"),
+        (cfg, tmp_path / "b", False, tmp_path / "a/checkpoints", "not the folder.*step-0000002"),
+        (cfg, tmp_path / "b", False, tmp_path / "a/checkpoints/step-0000002.safetensors", "at step 2; set --train.steps"),
+        (cfg, tmp_path / "logged", False, source, "log.jsonl exists"),
     ]
+    (tmp_path / "logged").mkdir()
+    (tmp_path / "logged/log.jsonl").write_text('{"step": 5, "loss": 1.0}\n')
+    before = snapshot(tmp_path)
     for c, out, resume, src, message in cases:
         with pytest.raises(CheckpointError, match=message) as err:
             train(c, out, resume=resume, resume_from=src, progress=False)

@@ -18,7 +18,7 @@ from vin.distributed import DistributedError, launched_by_torchrun
 EPILOG_TRAIN = """Any config field can be overridden as --section.key=value, e.g.
   vin train --config configs/vin-s.yaml --train.steps=2000 --model.vin.enabled=false --out runs/ablation
 A cool-down branched off a constant-rate run (warmup-stable-decay), which goes on untouched:
-  vin train --config configs/vin-s.yaml --out runs/cool-24000 --train.steps=24600 --train.decay_steps=600 \
+  vin train --config runs/trunk/config.json --out runs/cool-24000 --train.steps=24600 --train.decay_steps=600 \\
       --resume-from runs/trunk/checkpoints/step-0024000.safetensors"""
 
 

@@ -101,16 +101,25 @@ def check_run_dir(cfg: Config, run_dir: str | Path, resume: bool, resume_from: s
         source = Path(resume_from)
         if resume:
             raise CheckpointError("--resume continues --out's newest checkpoint, --resume-from another one: pass one of them")
-        if cfg.train.init_from:
-            raise CheckpointError("--resume-from and train.init_from both name where to start: pass one of them")
         if existing:
             raise CheckpointError(f"{run_dir} already holds checkpoints; --resume-from starts a new run: "
                                   "choose another --out (nothing is deleted)")
+        if (run_dir / "log.jsonl").exists():
+            raise CheckpointError(f"{run_dir / 'log.jsonl'} exists (a run that wrote no checkpoint?); --resume-from "
+                                  "writes the source run's log there: move it away or choose another --out")
+        if source.is_dir():
+            newest = checkpoints(source) or checkpoints(source.parent)
+            hint = f" (its newest checkpoint: {newest[-1]})" if newest else ""
+            raise CheckpointError(f"--resume-from takes a checkpoint file, not the folder {source}{hint}")
         if not source.is_file():
             raise CheckpointError(f"--resume-from: no checkpoint at {source}")
-        if "optim_groups" not in read_metadata(source):
+        meta = read_metadata(source)
+        if "optim_groups" not in meta:
             raise CheckpointError(f"--resume-from: {source} holds no optimizer state (an exported checkpoint); "
                                   "start from its weights with --train.init_from instead")
+        if int(meta.get("step", 0)) >= cfg.train.steps:
+            raise CheckpointError(f"--resume-from: {source} is at step {meta.get('step')}; set --train.steps past it "
+                                  f"(now {cfg.train.steps})")
         existing = [source]
     elif resume and not existing:
         raise CheckpointError(f"nothing to resume: no checkpoints in {run_dir / 'checkpoints'}")
@@ -195,8 +204,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     `resume_from` (a training checkpoint, e.g. a constant-rate step of another run) starts
     `run_dir` as that run would have gone on from there: weights, EMA, optimizer state, step and
     schedule, and the source run's log records up to that step when the checkpoint sits in a run
-    directory. The same steps follow as in the source run (the data and noise are the step's), so
-    a cool-down can branch off a long constant-rate run without the re-warm of train.init_from.
+    directory. With the source run's train and data settings (a note names any other than the
+    schedule's end) the same steps follow as in the source run (the data and noise are the
+    step's), so a cool-down can branch off a long constant-rate run without the re-warm of
+    train.init_from, which is ignored here as under `resume`.
     """
     run_dir = Path(run_dir)
     tc = cfg.train
@@ -222,6 +233,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
               f"this run goes on {'under bf16 autocast' if bf16 else 'in float32'}", file=sys.stderr)
     cfg = replace(cfg, train=replace(tc, autocast_bf16=bf16))
     tc = cfg.train
+    if main and resume_from is not None:
+        _note_fork(Path(resume_from), cfg)
 
     model = build_model(cfg, device)
     ema = copy.deepcopy(model).requires_grad_(False) if main else None  # identical on every rank: keep one
@@ -372,7 +385,7 @@ def _resume(path: Path, model: nn.Module, ema: nn.Module | None, opt: torch.opti
     if saved and len(saved) != len(fresh):
         raise CheckpointError(f"{path} holds optimizer state for {len(saved)} parameter group(s), this version trains "
                               f"{len(fresh)} (the global-token gates have their own since the log-space gate); start a "
-                              "new run with --train.init_from=<this checkpoint> instead of --resume")
+                              "new run with --train.init_from=<this checkpoint> instead")
     step = load_checkpoint(path, model, ema, opt)
     for group, settings in zip(opt.param_groups, fresh):
         group.update(settings)
@@ -409,14 +422,49 @@ def _truncate_log(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(keep))
 
 
+# train settings a fork is expected to change (the cool-down's, and how the run is looked after);
+# any other difference from the source run is named, since the run no longer goes on as it would have
+_FORK_MAY_CHANGE = {"steps", "decay_steps", "lr_decay", "lr_min_ratio", "ckpt_every", "log_every",
+                    "keep_checkpoints", "threads", "data_workers", "compile", "init_from",
+                    "autocast_bf16"}  # (a changed precision has its own note)
+
+
+def _note_fork(source: Path, cfg: Config) -> None:
+    """Say where a --resume-from run differs from the run that wrote `source` beyond its schedule's
+    end, and where its decay begins before the checkpoint's step (the rate then drops at once)."""
+    old = checkpoint_config(source)
+    changed = [f"train.{k}" for k in vars(cfg.train) if k not in _FORK_MAY_CHANGE
+               and getattr(cfg.train, k) != getattr(old.train, k)]
+    changed += [f"data.{k}" for k in vars(cfg.data) if getattr(cfg.data, k) != getattr(old.data, k)]
+    if changed:
+        print(f"vin: note: {source.name} was trained with other {', '.join(changed)}: from here the run differs "
+              "from the one that wrote it", file=sys.stderr)
+    step, tc = int(read_metadata(source).get("step", 0)), cfg.train
+    if tc.lr_decay != "constant" and (tc.decay_steps == 0 or tc.steps - tc.decay_steps < step):
+        begin = tc.steps - tc.decay_steps if tc.decay_steps else "the run's start"
+        print(f"vin: note: the decay begins at step {begin}, before {source.name}'s step {step}: the rate drops "
+              "at once (set train.decay_steps to the steps after it for a cool-down from the full rate)", file=sys.stderr)
+
+
 def _copy_log(checkpoint: Path, dest: Path, step: int) -> None:
-    """Start `dest` with the log records up to `step` of the run `checkpoint` belongs to
-    (`<run>/checkpoints/step-N.safetensors` -> `<run>/log.jsonl`), when there is one and `dest`
-    does not exist yet (a log left there is appended to, as by a new run)."""
+    """Write `dest` with the log records up to `step` of the run `checkpoint` belongs to
+    (`<run>/checkpoints/step-N.safetensors` -> `<run>/log.jsonl`), when there is one; records past
+    `step` are left out unread (the source run may be writing one)."""
+    checkpoint = checkpoint.resolve()
     source = checkpoint.parent.parent / "log.jsonl"
-    if checkpoint.parent.name == "checkpoints" and source.is_file() and not dest.exists():
-        atomic_write_text(dest, source.read_text())
-        _truncate_log(dest, step)
+    if checkpoint.parent.name != "checkpoints" or not source.is_file():
+        print(f"vin: note: {checkpoint} is not in a run directory with a log.jsonl; this run's log starts at "
+              f"step {step + 1}", file=sys.stderr)
+        return
+    keep = []
+    for line in source.read_text().splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a half-written last line
+        if record.get("step", 0) <= step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    atomic_write_text(dest, "".join(keep))
 
 
 def _read_finite(losses: list[Tensor] | list[float], step: int) -> list[float]:
