@@ -49,6 +49,13 @@ def close(a, b, atol=1e-5):
     torch.testing.assert_close(a, b, rtol=0, atol=atol)
 
 
+# Two strategies that must agree run the same chains in batches of different shapes, which take
+# different float32 GEMM kernels: the samples (|x| up to ~6 after guidance 2) then differ by ~10 ulp
+# (4.3e-6 measured for autoregressive vs independent, on AVX2 and AVX-512 CPUs alike). A real
+# difference between the chains is > 1e-3 (the tests below check that the ablations do differ).
+ROUNDING = 2e-5
+
+
 # ------------------------------------------------------------------------------ the registry
 
 
@@ -91,7 +98,7 @@ def test_ddim_in_every_strategy(model, name):
 @pytest.mark.parametrize("global_tokens, eta", [("read", 0.0), ("zeros", 0.0), ("read", 1.0)])
 def test_vin_on_one_chunk_is_full(model, global_tokens, eta):
     cfg = dict(frames=8, cfg=2.0, global_tokens=global_tokens, steps=3, solver="ddim" if eta else "euler", eta=eta)
-    close(vin_parallel.sample(model, CAPTIONS, sc(**cfg), (H, W)), full.sample(model, CAPTIONS, sc(**cfg), (H, W)), 1e-6)
+    close(vin_parallel.sample(model, CAPTIONS, sc(**cfg), (H, W)), full.sample(model, CAPTIONS, sc(**cfg), (H, W)), ROUNDING)
 
 
 def test_full_positions_switch(model):
@@ -108,7 +115,7 @@ def test_vin_without_global_tokens_is_independent(model):
     assert chunk_layout(24, 8, 0) == ((0, 8), (8, 16), (16, 24))
     for fusion, eta in (("early", 0.0), ("none", 0.0), ("early", 1.0)):  # eta 1: the same step noise per frame
         cfg = sc(frames=24, overlap=0, global_tokens="none", fusion=fusion, cfg=2.0, solver="ddim", eta=eta)
-        close(vin_parallel.sample(model, CAPTIONS, cfg, (H, W)), independent.sample(model, CAPTIONS, cfg, (H, W)), 1e-6)
+        close(vin_parallel.sample(model, CAPTIONS, cfg, (H, W)), independent.sample(model, CAPTIONS, cfg, (H, W)), ROUNDING)
     # overlapping windows: vin without global tokens = the independent chunk velocity + the fusion
     cfg = sc(global_tokens="none", fusion="always", cfg=2.0)
     layout = chunk_layout(20, 8, 4)
@@ -119,7 +126,7 @@ def test_vin_without_global_tokens_is_independent(model):
                                                     layout, weights),
                           video_noise(0, 2, 3, 20, H, W), timestep_schedule(cfg.steps))
     got = vin_parallel.sample(model, CAPTIONS, cfg, (H, W))
-    close(got, want, 1e-6)
+    close(got, want, ROUNDING)
     # ... and independent (no fusion, no shared state) differs, as do the token ablations
     assert (got - independent.sample(model, CAPTIONS, cfg, (H, W))).abs().max() > 1e-3
     read = vin_parallel.sample(model, CAPTIONS, sc(fusion="always", cfg=2.0), (H, W))
@@ -132,7 +139,7 @@ def test_autoregressive_without_context_is_independent(model, eta):
     """Windows that share no frame and no global tokens: each autoregressive chunk is its own chain
     from its own frames' noise, as in independent (eta 1: the step noise of the same frames)."""
     cfg = sc(frames=24, overlap=0, global_tokens="none", cfg=2.0, steps=3, solver="ddim", eta=eta)
-    close(autoregressive.sample(model, CAPTIONS, cfg, (H, W)), independent.sample(model, CAPTIONS, cfg, (H, W)), 1e-6)
+    close(autoregressive.sample(model, CAPTIONS, cfg, (H, W)), independent.sample(model, CAPTIONS, cfg, (H, W)), ROUNDING)
 
 
 def test_independent_ignores_global_tokens(model, monkeypatch):
@@ -178,10 +185,10 @@ def test_autoregressive_holds_the_known_context(model, monkeypatch):
             # the context frames the model sees are the known frames re-noised to t
             close(x[:, :, :4], (1 - t) * out[:, :, s:s + 4] + t * noise[:, :, s:s + 4], 1e-6)
     # the first chunk is an ordinary one-chunk chain, never rewritten by the later chunks
-    close(out[:, :, :8], vin_parallel.sample(model, CAPTIONS, sc(frames=8, steps=3), (H, W)), 1e-6)
+    close(out[:, :, :8], vin_parallel.sample(model, CAPTIONS, sc(frames=8, steps=3), (H, W)), ROUNDING)
     # and every chunk is its own chain: chunk 1 alone (with chunk 0 as context) gives frames 8..12
     two = autoregressive.sample(model, CAPTIONS, sc(frames=12, steps=3, strategy="autoregressive"), (H, W))
-    close(two, out[:, :, :12], 1e-6)
+    close(two, out[:, :, :12], ROUNDING)
 
 
 # ------------------------------------------------------------------------------------ FreeNoise
