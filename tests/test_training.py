@@ -343,6 +343,9 @@ def test_resume_from_forks_a_run_as_it_would_have_gone_on(tmp_path):
     assert snapshot(a) == before
     assert stats["step"] == 6
     assert [p.name for p in checkpoints(b)] == ["step-0000006.safetensors"]
+    source = (a / "checkpoints/step-0000003.safetensors").resolve()
+    assert json.loads((b / "forked_from.json").read_text()) == {"checkpoint": str(source), "step": 3}
+    assert not (a / "forked_from.json").exists()
     log_a, log_b = read_log(a), read_log(b)
     assert sorted(log_b) == sorted(log_a) == [1, 2, 3, 4, 5, 6]
     for step in range(1, 7):
@@ -391,6 +394,8 @@ def test_resume_from_copies_the_log_from_a_relative_path_and_notes_what_differs(
     train(fork, tmp_path / "b", resume_from="step-0000002.safetensors", progress=False)
     err = capsys.readouterr().err
     assert sorted(read_log(tmp_path / "b")) == [1, 2, 3, 4, 5, 6]
+    source = (tmp_path / "a/checkpoints/step-0000002.safetensors").resolve()
+    assert json.loads((tmp_path / "b/forked_from.json").read_text()) == {"checkpoint": str(source), "step": 2}
     assert "data.max_sprites" in err and "train.steps" not in err and "train.decay_steps" not in err.split("decay begins")[0]
     assert "the decay begins at step 1, before step-0000002.safetensors's step 2" in err
 

@@ -1,7 +1,8 @@
 """The training loop: synthetic long videos of mixed lengths, AdamW, EMA, JSONL log, checkpoints, resume.
 
 A run lives in one directory: `config.json` (the resolved config), `log.jsonl` (one line per
-`log_every` steps), `checkpoints/step-XXXXXXX.safetensors` (the newest `keep_checkpoints`).
+`log_every` steps), `checkpoints/step-XXXXXXX.safetensors` (the newest `keep_checkpoints`), and for
+a run started with `resume_from`, `forked_from.json` (the source checkpoint and its step).
 Every step draws its randomness from a generator seeded by (seed, step) and its data from batch
 index `step`, so a resumed run continues exactly as if it had not stopped.
 """
@@ -249,6 +250,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
         atomic_write_text(run_dir / "config.json", cfg.to_json())
         if resume_from is not None:
             _copy_log(Path(resume_from), run_dir / "log.jsonl", step)
+            atomic_write_text(run_dir / "forked_from.json",  # provenance: the log's first records are the source's
+                              json.dumps({"checkpoint": str(Path(resume_from).resolve()), "step": step}, indent=2) + "\n")
         elif resume:
             _truncate_log(run_dir / "log.jsonl", step)
 
