@@ -9,6 +9,7 @@ an untrained DiT predicts exactly 0 and would make equality tests vacuous.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import pickle
 import queue as queue_mod
@@ -255,6 +256,8 @@ def _train_worker(ctx, root):
 
     train(_train_cfg(4), Path(root) / "ddp", progress=False, ctx=ctx)
     train(_train_cfg(2), Path(root) / "resumed", progress=False, ctx=ctx)
+    train(_train_cfg(4), Path(root) / "forked", progress=False, ctx=ctx,
+          resume_from=Path(root) / "resumed" / "checkpoints" / "step-0000002.safetensors")
     return _stopped_run(ctx, Path(root) / "stopped")
 
 
@@ -296,7 +299,8 @@ def test_ddp_training_follows_one_process_and_resumes_on_any_count(tmp_path):
     """batch 3 on 2 processes (1 + 2 rows, uneven): same losses and weights as 1 process with batch 3;
     a run trained to step 2 on 2 processes, resumed on 1, equals the 1-process run; a SIGTERM to one
     rank stops both after the same step with a checkpoint there (step 3: none is due), and that run
-    resumed on 1 process equals the 1-process run too."""
+    resumed on 1 process equals the 1-process run too; so does a run forked on 2 processes
+    (--resume-from) off the step-2 checkpoint."""
     from vin.training.trainer import checkpoints, train
 
     stopped = _ok(run_ranks(_train_worker, str(tmp_path)))
@@ -309,7 +313,8 @@ def test_ddp_training_follows_one_process_and_resumes_on_any_count(tmp_path):
     train(_train_cfg(4), tmp_path / "stopped", resume=True, progress=False)
     want = _losses(single)
     assert len(want) == 4 and len(set(want)) == 4
-    for run in ("ddp", "resumed", "stopped"):
+    assert json.loads((tmp_path / "forked" / "forked_from.json").read_text())["step"] == 2
+    for run in ("ddp", "resumed", "stopped", "forked"):
         torch.testing.assert_close(_losses(tmp_path / run), want, rtol=1e-4, atol=0)
         got, ref = _weights(tmp_path / run, 4), _weights(single, 4)
         assert got.keys() == ref.keys()
