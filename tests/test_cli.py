@@ -247,6 +247,21 @@ def test_resume_from_through_cli(ws, capsys):
     assert steps[-1] == 3 and steps == sorted(steps)
 
 
+def test_resume_from_without_config_takes_the_checkpoints(ws, capsys):
+    """No --config or --preset: the fork's config is the source run's (here VIN-XS with velocity
+    prediction, not the defaults, which the checkpoint would refuse), changed by the overrides."""
+    rc, out, err = vin_inprocess(["train", "--train.steps=3", "--train.lr=0.0007", "--quiet", "--out", "fork2",
+                                  "--resume-from", CKPT], capsys)
+    assert rc == 0, err
+    got, src = (json.loads((ws / d / "config.json").read_text()) for d in ("fork2", "run"))
+    assert got["model"] == src["model"] and got["model"]["prediction"] == "velocity"
+    assert got["data"] == src["data"]
+    assert {k: v for k, v in got["train"].items() if k not in ("steps", "lr")} == \
+        {k: v for k, v in src["train"].items() if k not in ("steps", "lr")}
+    assert (got["train"]["steps"], got["train"]["lr"]) == (3, 0.0007)
+    assert "train.lr" in err  # the note that the fork differs from its source
+
+
 # ----------------------------------------------------------------------------------------- help
 
 

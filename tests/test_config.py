@@ -328,3 +328,13 @@ def test_invalid_yaml_raises_one_line(tmp_path):
     assert "not valid YAML" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="mapping"):
         load_config(_write(tmp_path / "list.yaml", "- 1\n- 2\n"))
+
+
+def test_base_config_takes_the_presets_place():
+    """`base` (a checkpoint's config) round-trips unchanged, overrides change it, and a preset or a
+    YAML that names one wins over it."""
+    base = load_config(None, ["model.dit.depth=1", "train.lr=0.003"], preset="VIN-XS/4")
+    assert load_config(None, [], base=base) == base
+    changed = load_config(None, ["train.steps=7"], base=base)
+    assert changed.train.steps == 7 and changed.model == base.model and changed.train.lr == 0.003
+    assert load_config(None, [], preset="VIN-XS/4", base=base) == load_config(None, [], preset="VIN-XS/4")

@@ -18,8 +18,9 @@ from vin.distributed import DistributedError, launched_by_torchrun
 EPILOG_TRAIN = """Any config field can be overridden as --section.key=value, e.g.
   vin train --config configs/vin-s.yaml --train.steps=2000 --model.vin.enabled=false --out runs/ablation
 A cool-down branched off a constant-rate run (warmup-stable-decay), which goes on untouched:
-  vin train --config runs/trunk/config.json --out runs/cool-24000 --train.steps=24600 --train.decay_steps=600 \\
-      --resume-from runs/trunk/checkpoints/step-0024000.safetensors"""
+  vin train --out runs/cool-24000 --train.steps=24600 --train.lr_decay=linear --train.decay_steps=600 \\
+      --resume-from runs/trunk/checkpoints/step-0024000.safetensors
+(without --config the config is the checkpoint's, changed by the overrides)"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,7 +51,12 @@ def _check_device(name: str) -> None:
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from vin.training.trainer import check_run_dir, describe, train
 
-    cfg = load_config(args.config, overrides, preset=args.preset)
+    base = None
+    if args.resume_from is not None and args.config is None and args.preset is None and Path(args.resume_from).is_file():
+        from vin.checkpoint import checkpoint_config
+
+        base = checkpoint_config(args.resume_from)  # the source run's config; the overrides change it
+    cfg = load_config(args.config, overrides, preset=args.preset, base=base)
     out = Path(args.out or f"runs/{cfg.name}")
     _check_device(args.device)
     check_run_dir(cfg, out, args.resume, args.resume_from)  # before anything is printed: bad input ends in one line
@@ -326,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume-from", type=Path, metavar="CKPT",
                    help="start --out (a new run directory) where the run that wrote this training checkpoint "
                         "would have gone on: weights, optimizer, step, schedule and log (e.g. a cool-down "
-                        "branched off a constant-rate run)")
+                        "branched off a constant-rate run); without --config or --preset, the config is the "
+                        "checkpoint's, changed by the --section.key=value overrides")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)

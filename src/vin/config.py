@@ -386,8 +386,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                preset: str | None = None) -> Config:
-    """Resolve a config: preset (named, or the YAML's `preset:` key) <- YAML file <- overrides."""
+                preset: str | None = None, base: Config | None = None) -> Config:
+    """Resolve a config: preset (named, or the YAML's `preset:` key) <- YAML file <- overrides.
+    `base` (e.g. the config a checkpoint was trained with) takes the preset's place when neither
+    the file nor `preset` names one."""
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -400,12 +402,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping")
     preset = tree.pop("preset", None) or preset
-    base: dict[str, Any] = {}
+    start: dict[str, Any] = base.to_dict() if base is not None and preset is None else {}
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-        base = PRESETS[preset]
-    cfg = from_dict(Config, _merge(_merge(base, tree), parse_overrides(overrides or [])))
+        start = PRESETS[preset]
+    cfg = from_dict(Config, _merge(_merge(start, tree), parse_overrides(overrides or [])))
     t = cfg.train
     unused = [f"train.{k}={getattr(t, k)}" for k in ("decay_steps", "lr_min_ratio") if getattr(t, k)]
     _check(t.lr_decay != "constant" or not unused,
