@@ -244,7 +244,7 @@ def test_resume_from_through_cli(ws, capsys):
     assert "trained to step 3" in out
     assert [p.name for p in (ws / "fork/checkpoints").iterdir()] == ["step-0000003.safetensors"]
     steps = [json.loads(line)["step"] for line in (ws / "fork/log.jsonl").read_text().splitlines()]
-    assert steps[-1] == 3 and steps == sorted(steps)
+    assert steps == [2, 3]  # the source run's record of step 2, then the fork's
 
 
 def test_resume_from_without_config_takes_the_checkpoints(ws, capsys):
@@ -260,6 +260,29 @@ def test_resume_from_without_config_takes_the_checkpoints(ws, capsys):
         {k: v for k, v in src["train"].items() if k not in ("steps", "lr")}
     assert (got["train"]["steps"], got["train"]["lr"]) == (3, 0.0007)
     assert "train.lr" in err  # the note that the fork differs from its source
+
+
+def test_a_fork_goes_on_with_resume_and_its_own_config(ws, capsys, monkeypatch):
+    """A fork continued with --resume and no --config takes its own config (its newest checkpoint's:
+    VIN-XS with velocity prediction and the fork's lr, not the defaults, which the checkpoint would
+    refuse), changed by the overrides; --resume-from again on it says to use --resume, and a
+    stopped fork says so too."""
+    rc, out, err = vin_inprocess(["train", "--train.steps=3", "--train.lr=0.0007", "--quiet", "--out", "fork",
+                                  "--resume-from", CKPT], capsys)
+    assert rc == 0, err
+    rc, out, err = vin_inprocess(["train", "--train.steps=4", "--quiet", "--out", "fork", "--resume-from", CKPT], capsys)
+    assert rc == 2 and "already a fork of" in err and "--resume in place of --resume-from" in err
+    rc, out, err = vin_inprocess(["train", "--train.steps=4", "--quiet", "--out", "fork", "--resume"], capsys)
+    assert rc == 0, err
+    assert "trained to step 4" in out
+    cfg = json.loads((ws / "fork/config.json").read_text())
+    assert (cfg["model"]["prediction"], cfg["train"]["lr"], cfg["train"]["steps"]) == ("velocity", 0.0007, 4)
+    assert [json.loads(line)["step"] for line in (ws / "fork/log.jsonl").read_text().splitlines()] == [2, 3, 4]
+
+    import vin.training.trainer as trainer
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: {"stopped_by": "SIGTERM", "step": 3})
+    rc, out, err = vin_inprocess(["train", "--train.steps=5", "--quiet", "--out", "fork3", "--resume-from", CKPT], capsys)
+    assert rc == 128 + 15 and "continue with the same command and --resume in place of --resume-from" in err
 
 
 # ----------------------------------------------------------------------------------------- help

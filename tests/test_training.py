@@ -409,7 +409,6 @@ def test_resume_from_refuses_what_it_cannot_continue(tmp_path):
     train(cfg, tmp_path / "a", progress=False)
     source = tmp_path / "a/checkpoints/step-0000001.safetensors"
     weights = export_weights(source, tmp_path / "w.safetensors")
-    before = snapshot(tmp_path)
     cases = [
         (cfg, tmp_path / "b", False, weights, "holds no optimizer state.*train.init_from"),
         (cfg, tmp_path / "b", False, tmp_path / "nope.safetensors", "no checkpoint at"),
@@ -428,6 +427,71 @@ def test_resume_from_refuses_what_it_cannot_continue(tmp_path):
             train(c, out, resume=resume, resume_from=src, progress=False)
         assert "\n" not in str(err.value)
         assert snapshot(tmp_path) == before, message
+
+
+def test_a_fork_that_failed_before_its_first_checkpoint_starts_again(tmp_path):
+    """A fork that stopped before writing a checkpoint (here a diverged loss) left its config, the
+    copied log and forked_from.json: --resume says what to do, the same fork again is accepted and
+    logs every step once, and --resume-from on the fork once it has checkpoints says to --resume."""
+    cfg = tiny_cfg("train.steps=4", "train.ckpt_every=2", "train.keep_checkpoints=10", "train.lr_decay=constant")
+    train(cfg, tmp_path / "a", progress=False)
+    source = tmp_path / "a/checkpoints/step-0000002.safetensors"
+    with pytest.raises(FloatingPointError):
+        train(with_train(cfg, steps=6, lr=1e30), tmp_path / "b", resume_from=source, progress=False)
+    assert (tmp_path / "b/forked_from.json").is_file() and not checkpoints(tmp_path / "b")
+    with pytest.raises(CheckpointError, match="nothing to resume.*start it again with --resume-from"):
+        train(with_train(cfg, steps=6), tmp_path / "b", resume=True, progress=False)
+    train(with_train(cfg, steps=6), tmp_path / "b", resume_from=source, progress=False)
+    log_a, log_b = read_log(tmp_path / "a"), read_log(tmp_path / "b")  # read_log refuses repeated steps
+    assert sorted(log_b) == [1, 2, 3, 4, 5, 6]
+    assert [log_b[s]["loss"] for s in (1, 2, 3, 4)] == [log_a[s]["loss"] for s in (1, 2, 3, 4)]
+    with pytest.raises(CheckpointError, match="already a fork of.*--resume in place of --resume-from"):
+        train(with_train(cfg, steps=8), tmp_path / "b", resume_from=source, progress=False)
+
+
+def test_a_fresh_run_drops_the_log_of_a_start_that_wrote_no_checkpoint(tmp_path, capsys):
+    """A run that diverged before its first checkpoint, started again in the same directory, logs
+    each step once (with a note), and its log equals a clean run's."""
+    cfg = tiny_cfg("train.steps=3", "train.ckpt_every=3")
+    with pytest.raises(FloatingPointError):
+        train(with_train(cfg, lr=1e30), tmp_path / "run", progress=False)
+    assert read_log(tmp_path / "run") and not checkpoints(tmp_path / "run")
+    capsys.readouterr()
+    train(cfg, tmp_path / "run", progress=False)
+    assert "record(s) of a run that wrote no checkpoint" in capsys.readouterr().err
+    train(cfg, tmp_path / "clean", progress=False)
+    again, clean = read_log(tmp_path / "run"), read_log(tmp_path / "clean")
+    assert sorted(again) == sorted(clean) == [1, 2, 3]
+    assert [again[s]["loss"] for s in again] == [clean[s]["loss"] for s in clean]
+
+
+def test_resume_from_a_checkpoint_linked_into_a_store_finds_its_log(tmp_path):
+    """A checkpoint that is a link into a content store (DVC, git-annex) names its run by the link's
+    path: the fork still gets the run's log."""
+    cfg = tiny_cfg("train.steps=3", "train.ckpt_every=2", "train.keep_checkpoints=10", "train.lr_decay=constant")
+    train(cfg, tmp_path / "a", progress=False)
+    link = tmp_path / "a/checkpoints/step-0000002.safetensors"
+    (tmp_path / "store").mkdir()
+    link.rename(tmp_path / "store/0f3a")
+    link.symlink_to(tmp_path / "store/0f3a")
+    train(with_train(cfg, steps=4), tmp_path / "b", resume_from=link, progress=False)
+    assert sorted(read_log(tmp_path / "b")) == [1, 2, 3, 4]
+
+
+def test_truncate_log_mends_half_written_lines(tmp_path):
+    """A log cut mid-line (a process killed while writing) or without its last newline: truncate_log
+    keeps the whole records up to the step, each on its own line, and says how many it dropped."""
+    from vin.training.rundir import truncate_log
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 1}\n{"step": 2, "loss": 2}\n[3]\n{"step": 3, "lo')
+    assert truncate_log(log, 5) == 0
+    assert log.read_text() == '{"step": 1, "loss": 1}\n{"step": 2, "loss": 2}\n'
+    log.write_text('{"step": 1, "loss": 1}\n{"step": 2, "loss": 2}\n{"step": 3, "loss": 3}')
+    assert truncate_log(log, 2) == 1
+    assert log.read_text() == '{"step": 1, "loss": 1}\n{"step": 2, "loss": 2}\n'
+    log.write_text('{"step": 1, "loss": 1}')
+    assert truncate_log(log, 1) == 0 and log.read_text() == '{"step": 1, "loss": 1}\n'
+    assert truncate_log(tmp_path / "none.jsonl", 1) == 0 and not (tmp_path / "none.jsonl").exists()
 
 
 def test_compiled_training_follows_the_eager_run(tmp_path, monkeypatch):
@@ -585,7 +649,8 @@ def test_saved_configs_with_unused_decay_settings_still_load():
     loaded = config_from_json(json.dumps(old))
     assert (loaded.train.lr_decay, loaded.train.decay_steps, loaded.train.lr_min_ratio) == ("constant", 0, 0.0)
     assert config_from_json(cfg.to_json()) == cfg  # a used decay is kept
-    with pytest.raises(ValueError, match="train.decay_steps=500 and train.lr_min_ratio=0.1 have no effect"):
+    with pytest.raises(ValueError, match="train.decay_steps=500 and train.lr_min_ratio=0.1 have no effect.*"
+                                         "or train.decay_steps=0 and train.lr_min_ratio=0$"):
         load_config(XS_YAML, ["train.decay_steps=500", "train.lr_min_ratio=0.1"])
 
 

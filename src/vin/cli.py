@@ -51,11 +51,15 @@ def _check_device(name: str) -> None:
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from vin.training.trainer import check_run_dir, describe, train
 
-    base = None
-    if args.resume_from is not None and args.config is None and args.preset is None and Path(args.resume_from).is_file():
-        from vin.checkpoint import checkpoint_config
+    from vin.checkpoint import checkpoint_config
+    from vin.training.rundir import checkpoints
 
-        base = checkpoint_config(args.resume_from)  # the source run's config; the overrides change it
+    base = None  # without --config or --preset: the config of the run that goes on, changed by the overrides
+    if args.config is None and args.preset is None:
+        if args.resume_from is not None and Path(args.resume_from).is_file():
+            base = checkpoint_config(args.resume_from)
+        elif args.resume and args.out is not None and checkpoints(Path(args.out)):
+            base = checkpoint_config(checkpoints(Path(args.out))[-1])
     cfg = load_config(args.config, overrides, preset=args.preset, base=base)
     out = Path(args.out or f"runs/{cfg.name}")
     _check_device(args.device)
@@ -72,8 +76,9 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
             if ctx.rank != 0:
                 return _stopped_code(stats)
     if "stopped_by" in stats:
+        how = "--resume in place of --resume-from" if args.resume_from is not None else "--resume"
         print(f"vin: stopped by {stats['stopped_by']} at step {stats['step']}; checkpoint written to {out}; "
-              f"continue with the same command and --resume", file=sys.stderr)
+              f"continue with the same command and {how}", file=sys.stderr)
         return _stopped_code(stats)
     print(f"trained to step {stats.get('step', cfg.train.steps)} in {out} (loss {stats.get('loss', float('nan')):.4f})")
     return 0
@@ -328,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config (see configs/)")
     p.add_argument("--preset", help="named size when no --config names one (VIN-XS/4, VIN-S/4, VIN-B/4)")
     p.add_argument("--out", help="run directory (default runs/<name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out (without --config or --preset, with "
+                        "that checkpoint's config, changed by the overrides)")
     p.add_argument("--resume-from", type=Path, metavar="CKPT",
                    help="start --out (a new run directory) where the run that wrote this training checkpoint "
                         "would have gone on: weights, optimizer, step, schedule and log (e.g. a cool-down "

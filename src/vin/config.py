@@ -411,7 +411,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     t = cfg.train
     unused = [f"train.{k}={getattr(t, k)}" for k in ("decay_steps", "lr_min_ratio") if getattr(t, k)]
     _check(t.lr_decay != "constant" or not unused,
-           f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect with train.lr_decay=constant: set train.lr_decay=linear or cosine")
+           f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect with train.lr_decay=constant: set "
+           f"train.lr_decay=linear or cosine, or {' and '.join(u.split('=')[0] + '=0' for u in unused)}")
     return cfg
 
 

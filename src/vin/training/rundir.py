@@ -5,6 +5,7 @@ checkpoint left off, with that run's log up to the checkpoint and `forked_from.j
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -31,11 +32,15 @@ def check_run_dir(cfg: Config, run_dir: str | Path, resume: bool, resume_from: s
         if resume:
             raise CheckpointError("--resume continues --out's newest checkpoint, --resume-from another one: pass one of them")
         if existing:
+            if fork_source(run_dir) == source.resolve():
+                raise CheckpointError(f"{run_dir} is already a fork of {source}: continue it with --resume in place "
+                                      "of --resume-from")
             raise CheckpointError(f"{run_dir} already holds checkpoints; --resume-from starts a new run: "
                                   "choose another --out (nothing is deleted)")
-        if (run_dir / "log.jsonl").exists():
+        if (run_dir / "log.jsonl").exists() and not (run_dir / "forked_from.json").is_file():
             raise CheckpointError(f"{run_dir / 'log.jsonl'} exists (a run that wrote no checkpoint?); --resume-from "
                                   "writes the source run's log there: move it away or choose another --out")
+        # a fork that stopped before its first checkpoint (forked_from.json, no checkpoint) is started again
         if source.is_dir():
             newest = checkpoints(source) or checkpoints(source.parent)
             hint = f" (its newest checkpoint: {newest[-1]})" if newest else ""
@@ -51,7 +56,9 @@ def check_run_dir(cfg: Config, run_dir: str | Path, resume: bool, resume_from: s
                                   f"(now {cfg.train.steps})")
         existing = [source]
     elif resume and not existing:
-        raise CheckpointError(f"nothing to resume: no checkpoints in {run_dir / 'checkpoints'}")
+        hint = (" (a fork that stopped before its first checkpoint: start it again with --resume-from)"
+                if (run_dir / "forked_from.json").is_file() else "")
+        raise CheckpointError(f"nothing to resume: no checkpoints in {run_dir / 'checkpoints'}{hint}")
     elif not resume and existing:
         raise CheckpointError(f"{run_dir} already holds checkpoints; pass --resume or choose another --out")
     if resume or resume_from is not None:
@@ -61,15 +68,32 @@ def check_run_dir(cfg: Config, run_dir: str | Path, resume: bool, resume_from: s
     return existing
 
 
-def truncate_log(path: Path, step: int) -> None:
+def log_lines(path: Path) -> list[tuple[str, dict]]:
+    """The records of a log.jsonl with their lines (each ending in a newline); a half-written line
+    (a process killed while writing, a full disk) or anything but a JSON object is left out."""
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            out.append((line + "\n", record))
+    return out
+
+
+def truncate_log(path: Path, step: int) -> int:
     """Drop the log records of steps after `step` (trained after the checkpoint a run resumes from,
-    e.g. before a crash), so the resumed run does not log those steps twice."""
+    e.g. before a crash, or by a run that stopped before its first checkpoint and starts again), so
+    those steps are not logged twice; half-written lines go too. Returns how many records were dropped."""
     if not path.is_file():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    keep = [line for line in lines if not line.strip() or json.loads(line).get("step", 0) <= step]
-    if len(keep) != len(lines):
-        atomic_write_text(path, "".join(keep))
+        return 0
+    text = path.read_text()
+    lines = log_lines(path)
+    keep = "".join(line for line, record in lines if record.get("step", 0) <= step)
+    if keep != text:
+        atomic_write_text(path, keep)
+    return sum(1 for _, record in lines if record.get("step", 0) > step)
 
 
 # train settings a fork is expected to change (the cool-down's, and how the run is looked after);
@@ -89,32 +113,38 @@ def note_fork(source: Path, cfg: Config) -> None:
     if changed:
         print(f"vin: note: {source.name} was trained with other {', '.join(changed)}: from here the run differs "
               "from the one that wrote it", file=sys.stderr)
-    step, tc = int(read_metadata(source).get("step", 0)), cfg.train
-    if tc.lr_decay != "constant" and (tc.decay_steps == 0 or tc.steps - tc.decay_steps < step):
-        begin = tc.steps - tc.decay_steps if tc.decay_steps else "the run's start"
+    meta, tc = read_metadata(source), cfg.train
+    step = int(meta.get("step", 0))
+    begin = int(meta.get("start_step", 0)) + tc.warmup_steps  # as vin.training.trainer.learning_rate
+    if tc.decay_steps:
+        begin = max(begin, tc.steps - tc.decay_steps)
+    if tc.lr_decay != "constant" and begin < step:
         print(f"vin: note: the decay begins at step {begin}, before {source.name}'s step {step}: the rate drops "
               "at once (set train.decay_steps to the steps after it for a cool-down from the full rate)", file=sys.stderr)
 
 
 def _copy_log(checkpoint: Path, dest: Path, step: int) -> None:
     """Write `dest` with the log records up to `step` of the run `checkpoint` belongs to
-    (`<run>/checkpoints/step-N.safetensors` -> `<run>/log.jsonl`), when there is one; records past
-    `step` are left out unread (the source run may be writing one)."""
-    checkpoint = checkpoint.resolve()
-    source = checkpoint.parent.parent / "log.jsonl"
-    if checkpoint.parent.name != "checkpoints" or not source.is_file():
-        print(f"vin: note: {checkpoint} is not in a run directory with a log.jsonl; this run's log starts at "
-              f"step {step + 1}", file=sys.stderr)
-        return
-    keep = []
-    for line in source.read_text().splitlines(keepends=True):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a half-written last line
-        if record.get("step", 0) <= step:
-            keep.append(line if line.endswith("\n") else line + "\n")
-    atomic_write_text(dest, "".join(keep))
+    (`<run>/checkpoints/step-N.safetensors` -> `<run>/log.jsonl`; the path as given, else with its
+    links followed), or an empty log when there is none; records past `step` are left out (the
+    source run may be writing one)."""
+    for path in (Path(os.path.abspath(checkpoint)), checkpoint.resolve()):
+        source = path.parent.parent / "log.jsonl"
+        if path.parent.name == "checkpoints" and source.is_file():
+            atomic_write_text(dest, "".join(line for line, record in log_lines(source) if record.get("step", 0) <= step))
+            return
+    print(f"vin: note: {checkpoint} is not in a run directory with a log.jsonl; this run's log starts at "
+          f"step {step + 1}", file=sys.stderr)
+    atomic_write_text(dest, "")
+
+
+def fork_source(run_dir: Path) -> Path | None:
+    """The checkpoint a run directory was forked from (its forked_from.json), links followed; None
+    for a run that is not a fork."""
+    try:
+        return Path(json.loads((run_dir / "forked_from.json").read_text())["checkpoint"]).resolve()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def first_diff(a, b, where: str = "model") -> str:

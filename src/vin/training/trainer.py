@@ -172,6 +172,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
     main = rank == 0
     lo, hi = batch_rows(tc.batch_size, rank, world)
     existing = check_run_dir(cfg, run_dir, resume, resume_from)
+    if parallel:  # every rank has checked the directory before rank 0 writes to it
+        torch.distributed.barrier(ctx.group)
     resume = resume or resume_from is not None
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -206,6 +208,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, device: str = 
             start_fork(Path(resume_from), run_dir, step)
         elif resume:
             truncate_log(run_dir / "log.jsonl", step)
+        elif dropped := truncate_log(run_dir / "log.jsonl", step):  # a run that stopped before its first checkpoint
+            print(f"vin: note: {run_dir / 'log.jsonl'} held {dropped} record(s) of a run that wrote no checkpoint; "
+                  "this run starts it again and drops them", file=sys.stderr)
 
     stream = training_batches(cfg, step, tc.data_workers, pin_memory=torch.device(device).type == "cuda",
                               rows=(lo, hi) if parallel else None)
@@ -348,8 +353,9 @@ def _resume(path: Path, model: nn.Module, ema: nn.Module | None, opt: torch.opti
     saved_lr = _saved_lr(meta, saved)
     if saved_lr is not None and step < tc.steps and learning_rate(tc, step, start) > 2 * saved_lr:
         if say:
-            print(f"vin: note: {path.name} was trained at lr {saved_lr:.3g} (the end of a decay); warming up again "
-                  f"over {tc.warmup_steps} steps from step {step}", file=sys.stderr)
+            print(f"vin: note: {path.name} was trained at lr {saved_lr:.3g}, under half the rate this schedule asks for "
+                  f"at its step (the end of a decay, or a lower train.lr); warming up again over {tc.warmup_steps} "
+                  f"steps from step {step}", file=sys.stderr)
         start = step
     return step, start
 
